@@ -1,0 +1,1 @@
+//! Accel selection (being written).

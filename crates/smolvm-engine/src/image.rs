@@ -1,0 +1,1 @@
+//! Image store (being written).

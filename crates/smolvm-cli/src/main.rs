@@ -1,1 +1,74 @@
-fn main() {}
+//! `smolvm`: create disposable microVM sandboxes and run commands in them.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{doctor, image, sandbox, supervise};
+
+/// Disposable, hardware-isolated Linux sandboxes for agents and tools.
+#[derive(Debug, Parser)]
+#[command(name = "smolvm", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that this host can run sandboxes, and report the accel choice.
+    Doctor(doctor::Args),
+    /// Build, list and remove guest images.
+    #[command(subcommand)]
+    Image(image::Command),
+    /// Create, use and remove sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::Command),
+    /// Internal: supervise one sandbox (started by smolvm itself).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(supervise::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Supervise(_)));
+
+    if let Command::Supervise(args) = cli.command {
+        return supervise::run(args);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Doctor(args) => doctor::run(args).await,
+            Command::Image(command) => image::run(command).await,
+            Command::Sandbox(command) => sandbox::run(command).await,
+            Command::Supervise(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", output::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings, or info for
+/// supervisors, whose stderr is their log file).
+fn init_logging(supervisor: bool) {
+    let default = if supervisor { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

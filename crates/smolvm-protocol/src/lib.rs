@@ -19,7 +19,9 @@
 mod frame;
 mod message;
 
-pub use frame::{Frame, FrameError, MAX_DATA_LEN, MAX_HEADER_LEN, read_frame, write_frame};
+pub use frame::{
+    Frame, FrameError, MAX_DATA_LEN, MAX_HEADER_LEN, parse_prefix, read_frame, write_frame,
+};
 pub use message::{
     ExecCommand, ExecRequest, FailureKind, Message, OutputStream, PROTOCOL_VERSION, RequestId,
     SupervisorStatus,

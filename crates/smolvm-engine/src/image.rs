@@ -1,1 +1,0 @@
-//! Image store (being written).

@@ -1,0 +1,173 @@
+//! Stop, start, delete and prune.
+
+use std::time::Duration;
+
+use super::reconcile::{kill_and_wait, wait_gone};
+use super::{CreateProgress, Engine, EngineError, SandboxInfo};
+use crate::client::Connection;
+use crate::id::SandboxId;
+use crate::state::SandboxState;
+use crate::store::SandboxRecord;
+use crate::supervisor::STOP_GRACE;
+
+/// How long delete lets the guest power off before killing the VMM.
+const DELETE_GRACE: Duration = Duration::from_secs(3);
+
+impl Engine {
+    /// Powers a running sandbox off, keeping its disk for `start`.
+    pub async fn stop(&self, id: &str) -> Result<SandboxInfo, EngineError> {
+        let record = self.reconcile(self.record(id)?);
+        if !record.state.can_stop() {
+            return Err(wrong_state(&record, "stop", ""));
+        }
+        let moved = self.store().transition(
+            &record.id,
+            &[SandboxState::Running],
+            SandboxState::Stopping,
+            None,
+        )?;
+        if !moved {
+            let current = self.record(id)?;
+            return Err(wrong_state(&current, "stop", ""));
+        }
+
+        self.shut_down(&record, STOP_GRACE).await;
+        self.store().transition(
+            &record.id,
+            &[SandboxState::Stopping, SandboxState::Running],
+            SandboxState::Stopped,
+            None,
+        )?;
+        self.get(id).await
+    }
+
+    /// Boots a stopped sandbox again from its disk.
+    pub async fn start(&self, id: &str) -> Result<SandboxInfo, EngineError> {
+        let record = self.reconcile(self.record(id)?);
+        if !record.state.can_start() {
+            return Err(wrong_state(&record, "start", ""));
+        }
+        let moved = self.store().transition(
+            &record.id,
+            &[SandboxState::Stopped, SandboxState::Error],
+            SandboxState::Creating,
+            None,
+        )?;
+        if !moved {
+            return Err(wrong_state(&self.record(id)?, "start", ""));
+        }
+
+        let dir = self.sandbox_dir(&record.id);
+        let mut supervisor_pid = None;
+        let booted = self.boot(&record.id, &dir, &|_: CreateProgress| {}, &mut supervisor_pid).await;
+        if let Err(e) = booted {
+            if let Some(pid) = supervisor_pid {
+                kill_and_wait(pid, Duration::from_secs(5));
+            }
+            let reason = e.to_string();
+            self.store().transition(
+                &record.id,
+                &[SandboxState::Creating],
+                SandboxState::Error,
+                Some(&reason),
+            )?;
+            return Err(e);
+        }
+        self.get(id).await
+    }
+
+    /// Stops (if needed) and removes a sandbox: its processes, its
+    /// directory and its row.
+    pub async fn delete(&self, id: &str) -> Result<(), EngineError> {
+        let record = self.record(id)?;
+        if record.state.has_supervisor() {
+            self.shut_down(&record, DELETE_GRACE).await;
+        }
+        self.remove(&record.id)
+    }
+
+    /// Removes sandboxes in `error` and directories without a sandbox;
+    /// returns the ids removed.
+    pub async fn prune(&self) -> Result<Vec<String>, EngineError> {
+        let mut removed = Vec::new();
+        for info in self.list().await? {
+            if info.status == SandboxState::Error {
+                self.delete(&info.id).await?;
+                removed.push(info.id);
+            }
+        }
+
+        let dir = self.paths().sandboxes_dir();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| EngineError::io(format!("read {}", dir.display()), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known = match name.parse::<SandboxId>() {
+                Ok(id) => self.store().get(&id)?.is_some(),
+                Err(_) => false,
+            };
+            if !known {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| EngineError::io(format!("remove {}", entry.path().display()), e))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Asks the supervisor to power the sandbox off, and makes sure the
+    /// supervisor and VMM are gone afterwards, killing them if needed.
+    async fn shut_down(&self, record: &SandboxRecord, grace: Duration) {
+        let dir = self.sandbox_dir(&record.id);
+        if self.supervisor_alive(record) {
+            if let Ok(mut conn) = Connection::connect(&dir.control_socket()).await {
+                if let Err(e) = conn.stop(grace).await {
+                    tracing::warn!(sandbox.id = %record.id, error = %e, "graceful stop failed; killing");
+                }
+            }
+        }
+
+        let current = self.store().get(&record.id).ok().flatten();
+        let supervisor = current.as_ref().and_then(|r| r.supervisor_pid).or(record.supervisor_pid);
+        if let Some(pid) = supervisor {
+            if super::reconcile::is_supervisor_of(pid, &record.id) && !wait_gone(pid, grace).await {
+                kill_and_wait(pid, Duration::from_secs(5));
+            }
+        }
+        // The VMM dies with its supervisor (parent-death signal); this
+        // catches one that outlived it anyway.
+        if let Some(vmm) = current.as_ref().and_then(|r| r.vmm_pid).or(record.vmm_pid) {
+            if super::reconcile::process_mentions(vmm, dir.root().to_string_lossy().as_ref())
+                && !wait_gone(vmm, Duration::from_secs(2)).await
+            {
+                kill_and_wait(vmm, Duration::from_secs(5));
+            }
+        }
+        for socket in dir.sockets() {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+
+    fn remove(&self, id: &SandboxId) -> Result<(), EngineError> {
+        let dir = self.sandbox_dir(id);
+        match std::fs::remove_dir_all(dir.root()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io(format!("remove {}", dir.root().display()), e)),
+        }
+        if !self.store().delete(id)? {
+            return Err(EngineError::NotFound { id: id.to_string() });
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn wrong_state(record: &SandboxRecord, action: &'static str, hint: &'static str) -> EngineError {
+    let hint = match (hint, record.state) {
+        ("", SandboxState::Stopped) => "; start it first with `smolvm sandbox start`",
+        ("", SandboxState::Creating) => "; wait until it is running",
+        ("", SandboxState::Error) => "; see its error, then start or delete it",
+        (hint, _) => hint,
+    };
+    EngineError::WrongState { id: record.id.to_string(), state: record.state, action, hint }
+}

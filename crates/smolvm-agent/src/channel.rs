@@ -20,18 +20,10 @@ use smolvm_protocol::{Frame, FrameError, RequestId, parse_prefix};
 
 use crate::sys::{self, cvt_size};
 
-/// Whether the channel is a virtio-serial port or a Unix socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChannelKind {
-    Port,
-    Socket,
-}
-
 /// One open descriptor to the host.
 #[derive(Debug)]
 pub(crate) struct Channel {
     fd: OwnedFd,
-    kind: ChannelKind,
     /// Generation of the current session; writers of older ones are stale.
     generation: Mutex<u64>,
 }
@@ -66,13 +58,9 @@ pub(crate) enum ReceiveError {
 
 impl Channel {
     /// Wraps a connected descriptor and makes it nonblocking.
-    pub(crate) fn new(fd: OwnedFd, kind: ChannelKind) -> io::Result<Arc<Self>> {
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Arc<Self>> {
         sys::set_nonblocking(fd.as_fd())?;
-        Ok(Arc::new(Self { fd, kind, generation: Mutex::new(0) }))
-    }
-
-    pub(crate) fn kind(&self) -> ChannelKind {
-        self.kind
+        Ok(Arc::new(Self { fd, generation: Mutex::new(0) }))
     }
 
     fn generation(&self) -> MutexGuard<'_, u64> {
@@ -111,6 +99,17 @@ impl Channel {
             FrameError::Decode(source) => ReceiveError::Invalid { id: request_id(&header), source },
             other => other.into(),
         })
+    }
+
+    /// Waits until the descriptor has input or reports a hang-up, and
+    /// returns whether a host is connected. A virtio-serial port reports
+    /// `POLLHUP` while no host is connected.
+    pub(crate) fn wait_for_input(&self) -> bool {
+        let mut fds = [sys::pollfd(self.fd.as_fd(), libc::POLLIN)];
+        match sys::poll(&mut fds, None) {
+            Ok(_) => fds[0].revents & libc::POLLHUP == 0,
+            Err(_) => false,
+        }
     }
 
     /// Reads and discards bytes until the host disconnects. Used after the

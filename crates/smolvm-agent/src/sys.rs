@@ -24,6 +24,22 @@ pub(crate) fn path_cstring(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
+/// Opens `path` on each of descriptors 0, 1 and 2 that is closed, so that
+/// descriptors the agent opens later never land there (children get their
+/// stdio by `dup2` onto 0–2).
+pub(crate) fn ensure_std_fds(path: &CStr) {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD takes no pointer argument; it only probes `fd`.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // SAFETY: `path` is a valid C string. open returns the lowest free
+        // descriptor, which is `fd` because the lower ones are open, or
+        // fails and leaves `fd` closed.
+        unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    }
+}
+
 /// Creates a pipe with both ends close-on-exec. Returns (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

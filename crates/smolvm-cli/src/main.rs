@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{doctor, image, sandbox, supervise};
+use commands::{bench, doctor, image, sandbox, supervise};
 
 /// Disposable, hardware-isolated Linux sandboxes for agents and tools.
 #[derive(Debug, Parser)]
@@ -27,6 +27,8 @@ enum Command {
     /// Create, use and remove sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::Command),
+    /// Time sandbox operations and print a table of medians and p95s.
+    Bench(bench::Args),
     /// Internal: supervise one sandbox (started by smolvm itself).
     #[command(name = "__supervise", hide = true)]
     Supervise(supervise::Args),
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(args).await,
             Command::Image(command) => image::run(command).await,
             Command::Sandbox(command) => sandbox::run(command).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Supervise(_) => unreachable!("handled above"),
         }
     });

@@ -250,7 +250,7 @@ fn check_network_namespaces(unshare_program: &str, as_root: bool) -> Check {
     };
 
     match (output.success, as_root) {
-        (true, true) => Check::ok("network namespaces", "running as root"),
+        (true, true) => Check::ok("network namespaces", "created one as root"),
         (true, false) => Check::ok("network namespaces", "created through a user namespace"),
         (false, _) => Check::warn(
             "network namespaces",

@@ -6,7 +6,9 @@
 //! drained: both pipes at end-of-file, or [`DRAIN_WINDOW`] spent reading
 //! while background processes still hold the pipes open. Time spent
 //! waiting for credit does not count against the drain window, so output
-//! written before the exit is never cut off by a slow host.
+//! written before the exit is never cut off by a slow host. The exception
+//! is an exec killed by the host or by its timeout: a host that cancels
+//! may never grant more credit, so then the window runs regardless.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -61,6 +63,8 @@ pub(crate) struct Pump<'a> {
     stdin_closed: bool,
     exit: Option<(ExitStatus, Instant)>,
     timed_out: bool,
+    /// SIGKILL was sent to the exec (by the host or on timeout).
+    killed: bool,
     drain_left: Duration,
     buf: Vec<u8>,
 }
@@ -91,6 +95,7 @@ impl<'a> Pump<'a> {
             stdin_closed: false,
             exit: None,
             timed_out: false,
+            killed: false,
             drain_left: DRAIN_WINDOW,
             buf: vec![0u8; OUTPUT_CHUNK],
         }
@@ -125,6 +130,7 @@ impl<'a> Pump<'a> {
         self.stdin_closed |= control.stdin_closed;
         for signal in control.signals {
             self.tree.signal(signal);
+            self.killed |= signal == libc::SIGKILL;
         }
         if self.exit.is_none() {
             self.exit = control.exit;
@@ -140,6 +146,7 @@ impl<'a> Pump<'a> {
         if self.exit.is_none() && !self.timed_out && Instant::now() >= deadline {
             self.tree.kill_all();
             self.timed_out = true;
+            self.killed = true;
         }
     }
 
@@ -165,7 +172,7 @@ impl<'a> Pump<'a> {
             }
         }
 
-        let draining = self.exit.is_some() && can_read;
+        let draining = self.exit.is_some() && (can_read || self.killed);
         let before = Instant::now();
         if let Err(e) = sys::poll(&mut fds, self.poll_timeout(draining)) {
             log!("exec {}: poll failed: {e}", self.id.0);

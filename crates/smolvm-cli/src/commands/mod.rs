@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub(crate) mod bench;
 pub(crate) mod doctor;
 pub(crate) mod image;
 pub(crate) mod sandbox;

@@ -14,7 +14,7 @@ pub const AGENT_BIN_ENV: &str = "SMOLVM_AGENT_BIN";
 
 const AGENT_FILE: &str = "smolvm-agent";
 
-/// Where scripts/build.sh leaves the static agent, under `target/`.
+/// Output folder of the static agent build in scripts/build.sh, relative to `target/`.
 const STATIC_BUILD_DIR: &str = "x86_64-unknown-linux-gnu/agent";
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
@@ -28,7 +28,7 @@ const ELF64_HEADER_LEN: usize = 64;
 
 /// Finds the static agent binary: `$SMOLVM_AGENT_BIN`, else `smolvm-agent`
 /// beside the running executable, else the static build output of
-/// scripts/build.sh in the `target/` folder that holds the executable.
+/// scripts/build.sh in the `target/` folder that contains the executable.
 pub fn locate_agent_binary() -> Result<PathBuf, ImageError> {
     if let Some(path) = std::env::var_os(AGENT_BIN_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);

@@ -160,11 +160,11 @@ pub enum ImageError {
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    if shown.is_empty() {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    if names.is_empty() {
         return "nothing".to_owned();
     }
-    shown.join(", ")
+    names.join(", ")
 }
 
 impl ImageError {

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -54,6 +55,24 @@ pub(crate) const ZSTD: Tool = Tool {
 impl Tool {
     pub(crate) fn command(self) -> Command {
         Command::new(self.program)
+    }
+
+    /// Returns a command whose process gets SIGTERM when the thread that
+    /// spawned it exits, as when smolvm is killed, so that it runs its own
+    /// cleanup (debootstrap unmounts `proc` and `sys` from its target).
+    pub(crate) fn command_ending_with_parent(self) -> Command {
+        let mut cmd = self.command();
+        // SAFETY: the closure runs between fork and exec and only calls
+        // prctl, which is async-signal-safe and touches no shared state.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
     }
 
     /// Runs `cmd` and returns its standard output.

@@ -58,9 +58,10 @@ fn read_optional(path: &Path) -> Result<Option<String>, ImageError> {
     }
 }
 
-/// Picks the first source that serves `suite` itself; failing that, the
-/// first that serves a release suite (no `-security` or `-updates` suffix,
-/// whose archive lives at a different path); failing that, the first.
+/// Picks the first source that serves `suite` itself. Failing that, it
+/// picks the first that serves any release suite, skipping `-security`
+/// and `-updates` suites because their archives live at other paths.
+/// Failing that too, it picks the first source.
 fn pick_mirror(sources: &[Source], suite: &str) -> Option<String> {
     let serves = |s: &&Source| s.suites.iter().any(|x| x == suite);
     let serves_release = |s: &&Source| s.suites.iter().any(|x| !x.contains('-'));

@@ -80,12 +80,12 @@ impl ModuleIndex {
         }
     }
 
-    /// Returns the module paths to load for `wanted`, each after the modules
+    /// Returns the module paths to load for `requested`, each after the modules
     /// it depends on and each once. Built-in modules are left out.
-    pub(crate) fn load_order(&self, wanted: &[&str]) -> Result<Vec<String>, ImageError> {
+    pub(crate) fn load_order(&self, requested: &[&str]) -> Result<Vec<String>, ImageError> {
         let mut order = Vec::new();
         let mut visiting = HashSet::new();
-        for name in wanted {
+        for name in requested {
             let name = name.replace('-', "_");
             match self.paths.get(&name) {
                 Some(path) => self.visit(path, &mut visiting, &mut order)?,

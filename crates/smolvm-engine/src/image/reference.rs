@@ -23,7 +23,7 @@ const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 const EXT4_MAGIC_OFFSET: u64 = 1024 + 56;
 const EXT4_MAGIC: [u8; 2] = 0xEF53u16.to_le_bytes();
 
-/// How a root disk is stored.
+/// Storage format of a root disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {

@@ -97,11 +97,14 @@ impl RootfsBuild<'_> {
             });
         }
         let mirror = debian_mirror(SUITE)?;
-        std::fs::create_dir_all(self.package_cache)
-            .map_err(ImageError::io("create", self.package_cache))?;
+        // debootstrap rejects a relative --cache-dir.
+        let package_cache = std::path::absolute(self.package_cache)
+            .map_err(ImageError::io("resolve", self.package_cache))?;
+        std::fs::create_dir_all(&package_cache)
+            .map_err(ImageError::io("create", &package_cache))?;
 
-        let mut cmd = DEBOOTSTRAP.command();
-        cmd.args(debootstrap_args(self.tree, self.package_cache, &mirror));
+        let mut cmd = DEBOOTSTRAP.command_ending_with_parent();
+        cmd.args(debootstrap_args(self.tree, &package_cache, &mirror));
         DEBOOTSTRAP.run_logged(&mut cmd, &self.log_dir.join("debootstrap.log"))?;
 
         configure(self.tree)?;
@@ -112,20 +115,16 @@ impl RootfsBuild<'_> {
     fn make_ext4(&self) -> Result<u64, ImageError> {
         let size = image_size(used_bytes(self.tree)?);
         let mut cmd = MKFS_EXT4.command();
-        cmd.args([
-            "-q",
-            "-F",
-            "-L",
-            LABEL,
-            "-m",
-            "0",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(self.tree)
-        .arg(self.image)
-        .arg(format!("{}k", size / 1024));
+        // `-T default`: below 512 MiB mke2fs would pick its "small" type with
+        // 1 KiB blocks, which stay when the guest grows the filesystem.
+        let options = [
+            "-q", "-F", "-T", "default", "-b", "4096", "-L", LABEL, "-m", "0",
+        ];
+        cmd.args(options)
+            .args(["-E", "root_owner=0:0", "-d"])
+            .arg(self.tree)
+            .arg(self.image)
+            .arg(format!("{}k", size / 1024));
         MKFS_EXT4.run_logged(&mut cmd, &self.log_dir.join("mkfs.log"))?;
         Ok(size)
     }
@@ -147,7 +146,7 @@ fn debootstrap_args(tree: &Path, package_cache: &Path, mirror: &str) -> Vec<OsSt
 fn configure(tree: &Path) -> Result<(), ImageError> {
     write(tree, "etc/hostname", &format!("{HOSTNAME}\n"))?;
     write(tree, "etc/hosts", HOSTS)?;
-    // The agent mounts the root disk itself; nothing else is mounted at boot.
+    // Empty, because the agent mounts the root disk itself and there are no other disks.
     write(tree, "etc/fstab", "")?;
     write(tree, "etc/dpkg/dpkg.cfg.d/smolvm-nodoc", DPKG_NODOC)?;
 
@@ -169,10 +168,10 @@ fn configure(tree: &Path) -> Result<(), ImageError> {
 }
 
 fn without_mesg(profile: &str) -> String {
-    let kept = profile
+    let other_lines = profile
         .lines()
         .filter(|line| !line.trim_start().starts_with("mesg n"));
-    kept.map(|line| format!("{line}\n")).collect()
+    other_lines.map(|line| format!("{line}\n")).collect()
 }
 
 /// Removes package lists, caches, documentation and manual pages.

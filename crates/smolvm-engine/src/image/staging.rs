@@ -2,10 +2,12 @@
 //!
 //! A build writes everything into `images/.build-*` first and renames the
 //! finished files into the image folder, so a half-built image is never
-//! visible. debootstrap mounts `proc` and `sys` inside its target while it
-//! runs and unmounts them when it exits; if one is still mounted (the
-//! build was killed), removal detaches it first and leaves the folder in
-//! place if that fails, so removal never reaches into a host filesystem.
+//! visible.
+//!
+//! debootstrap mounts `proc` and `sys` inside its target while it runs and
+//! unmounts them when it exits. If one is still mounted because the build
+//! was killed, removal detaches it first. If that fails, the folder stays,
+//! so that removal never reaches into a host filesystem.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -78,10 +80,11 @@ fn remove_staging(dir: &Path) {
         );
         return;
     }
-    if let Err(err) = std::fs::remove_dir_all(dir) {
-        if err.kind() != std::io::ErrorKind::NotFound {
+    match std::fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(path = %dir.display(), error = %err, "failed to remove a staging folder");
         }
+        _ => {}
     }
 }
 
@@ -105,10 +108,12 @@ fn detach_mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Returns the mount points strictly below `dir`, in mount order.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    // mountinfo lists absolute paths without symlinks.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     parse_mount_points(&mountinfo)
         .into_iter()
-        .filter(|mount| mount.starts_with(dir) && mount != dir)
+        .filter(|mount| mount.starts_with(&dir) && *mount != dir)
         .collect()
 }
 
@@ -182,6 +187,30 @@ mod tests {
         drop(staging);
 
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn stale_staging_mount_detached() {
+        if !crate::image::host::is_root() {
+            println!("skipped stale_staging_mount_detached: needs root to mount a tmpfs");
+            return;
+        }
+        let images = tempfile::tempdir().unwrap();
+        let proc_dir = images.path().join(".build-killed/rootfs/proc");
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "smolvm-test"])
+            .arg(&proc_dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount -t tmpfs failed");
+        std::fs::write(proc_dir.join("file"), "x").unwrap();
+        assert_eq!(mounts_under(images.path()).len(), 1);
+
+        remove_stale(images.path()).unwrap();
+
+        assert!(mounts_under(images.path()).is_empty());
+        assert!(!images.path().join(".build-killed").exists());
     }
 
     #[test]

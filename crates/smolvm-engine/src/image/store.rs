@@ -114,9 +114,9 @@ impl ImageStore {
     /// Resolves a reference to bootable files without building anything.
     ///
     /// `None`, `default` and `debian-bookworm` name the default image.
-    /// `file:///PATH` names a raw ext4 filesystem or a qcow2 disk (told
-    /// apart by their contents), booted with the default image's kernel
-    /// and initramfs. Returns `Ok(None)` while the default image is not
+    /// `file:///PATH` names a raw ext4 filesystem or a qcow2 disk, which
+    /// are distinguished by their contents and booted with the default
+    /// image's kernel and initramfs. Returns `Ok(None)` while the default image is not
     /// built.
     pub fn resolve(&self, reference: Option<&str>) -> Result<Option<BootImage>, ImageError> {
         match Reference::parse(reference)? {
@@ -274,7 +274,7 @@ mod tests {
     use super::*;
     use crate::image::manifest::tests::sample;
 
-    /// A store whose default image is the sample manifest with small files.
+    /// Creates a store whose default image is the sample manifest with small files.
     fn store_with_default() -> (tempfile::TempDir, ImageStore) {
         let data = tempfile::tempdir().unwrap();
         let store = ImageStore::new(&Paths::new(data.path()));
@@ -403,7 +403,7 @@ mod tests {
     fn lock_waits_for_other_holder() {
         let data = tempfile::tempdir().unwrap();
         let store = ImageStore::new(&Paths::new(data.path()));
-        let held = store.lock(&mut |_| panic!("lock is free")).unwrap();
+        let first_lock = store.lock(&mut |_| panic!("lock is free")).unwrap();
 
         let (sender, receiver) = std::sync::mpsc::channel();
         let other = store.clone();
@@ -418,7 +418,7 @@ mod tests {
             "second lock taken while the first is held"
         );
 
-        drop(held);
+        drop(first_lock);
         assert!(
             receiver.recv_timeout(Duration::from_secs(5)).unwrap(),
             "waiter was told"

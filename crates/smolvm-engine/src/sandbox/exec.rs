@@ -62,7 +62,7 @@ impl Engine {
         let request = spec.to_request(OUTPUT_WINDOW)?;
         let record = self.reconcile(self.record(id)?);
         if !record.state.can_exec() {
-            return Err(wrong_state(&record, "run commands in", ""));
+            return Err(wrong_state(&record, "run commands in"));
         }
 
         let socket = self.sandbox_dir(&record.id).control_socket();

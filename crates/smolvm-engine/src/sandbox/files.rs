@@ -98,7 +98,7 @@ impl Engine {
     ) -> Result<Connection, EngineError> {
         let record = self.reconcile(self.record(id)?);
         if !record.state.can_exec() {
-            return Err(wrong_state(&record, action, ""));
+            return Err(wrong_state(&record, action));
         }
         let socket = self.sandbox_dir(&record.id).control_socket();
         Connection::connect(&socket).await.map_err(|e| EngineError::from_client(id, e))

@@ -18,7 +18,7 @@ impl Engine {
     pub async fn stop(&self, id: &str) -> Result<SandboxInfo, EngineError> {
         let record = self.reconcile(self.record(id)?);
         if !record.state.can_stop() {
-            return Err(wrong_state(&record, "stop", ""));
+            return Err(wrong_state(&record, "stop"));
         }
         let moved = self.store().transition(
             &record.id,
@@ -28,7 +28,7 @@ impl Engine {
         )?;
         if !moved {
             let current = self.record(id)?;
-            return Err(wrong_state(&current, "stop", ""));
+            return Err(wrong_state(&current, "stop"));
         }
 
         self.shut_down(&record, STOP_GRACE).await;
@@ -45,7 +45,7 @@ impl Engine {
     pub async fn start(&self, id: &str) -> Result<SandboxInfo, EngineError> {
         let record = self.reconcile(self.record(id)?);
         if !record.state.can_start() {
-            return Err(wrong_state(&record, "start", ""));
+            return Err(wrong_state(&record, "start"));
         }
         let moved = self.store().transition(
             &record.id,
@@ -54,7 +54,7 @@ impl Engine {
             None,
         )?;
         if !moved {
-            return Err(wrong_state(&self.record(id)?, "start", ""));
+            return Err(wrong_state(&self.record(id)?, "start"));
         }
 
         let dir = self.sandbox_dir(&record.id);
@@ -162,12 +162,16 @@ impl Engine {
     }
 }
 
-pub(super) fn wrong_state(record: &SandboxRecord, action: &'static str, hint: &'static str) -> EngineError {
-    let hint = match (hint, record.state) {
-        ("", SandboxState::Stopped) => "; start it first with `smolvm sandbox start`",
-        ("", SandboxState::Creating) => "; wait until it is running",
-        ("", SandboxState::Error) => "; see its error, then start or delete it",
-        (hint, _) => hint,
+/// Builds the error for an operation the sandbox's state does not allow,
+/// with a hint on what to do instead.
+pub(super) fn wrong_state(record: &SandboxRecord, action: &'static str) -> EngineError {
+    let needs_running = !matches!(action, "stop" | "start");
+    let hint = match record.state {
+        SandboxState::Stopped if needs_running => "; start it first with `smolvm sandbox start`",
+        SandboxState::Creating => "; wait until it is running",
+        SandboxState::Stopping => "; wait until it has stopped",
+        SandboxState::Error => "; see its error with `smolvm sandbox info`, then start or delete it",
+        _ => "",
     };
     EngineError::WrongState { id: record.id.to_string(), state: record.state, action, hint }
 }

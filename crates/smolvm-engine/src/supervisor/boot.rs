@@ -96,7 +96,8 @@ pub(super) async fn boot(dir: &SandboxDir) -> Result<Booted, BootError> {
     let handshake = tokio::time::timeout(timeout, connect_agent(dir));
     let (agent, hello) = tokio::select! {
         result = handshake => match result {
-            Ok(result) => result?,
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => return Err(explain_vmm_exit(dir, &mut vmm).await.unwrap_or(error)),
             Err(_) => {
                 let console = SandboxDir::log_tail(&dir.console_log(), 2000);
                 return Err(BootError::Timeout { timeout, console });
@@ -117,6 +118,14 @@ pub(super) async fn boot(dir: &SandboxDir) -> Result<Booted, BootError> {
 
     let status = status_of(&config, vmm_pid, &hello, boot_ms);
     Ok(Booted { config, store, vmm, agent, listener, status, slirp })
+}
+
+/// When the agent connection failed because the VMM is exiting, returns
+/// that (with the console output) as the more useful error.
+async fn explain_vmm_exit(dir: &SandboxDir, vmm: &mut Child) -> Option<BootError> {
+    let status = tokio::time::timeout(Duration::from_secs(2), vmm.wait()).await.ok()?.ok()?;
+    let console = SandboxDir::log_tail(&dir.console_log(), 2000);
+    Some(BootError::VmmExited { status: status.to_string(), console })
 }
 
 fn read_config(dir: &SandboxDir) -> Result<LaunchConfig, BootError> {

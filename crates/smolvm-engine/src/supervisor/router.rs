@@ -270,3 +270,156 @@ fn request_stop(
         let _ = client.send(Frame::new(Message::ShuttingDown { id }));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use smolvm_protocol::{ExecCommand, ExecRequest};
+
+    use super::*;
+
+    fn status() -> SupervisorStatus {
+        SupervisorStatus {
+            sandbox_id: "sbx-test".into(),
+            supervisor_pid: 1,
+            vmm_pid: 2,
+            agent_version: "0.0.0".into(),
+            kernel: "6.1".into(),
+            boot_ms: 3,
+        }
+    }
+
+    fn exec(id: u64) -> Frame {
+        let request = ExecRequest {
+            command: ExecCommand::Argv { argv: vec!["true".into()] },
+            env: vec![],
+            cwd: None,
+            timeout_ms: None,
+            stdin: false,
+            window: 1024,
+        };
+        Frame::new(Message::Exec { id: RequestId(id), request })
+    }
+
+    /// Starts a router over a socket pair whose far end plays the agent,
+    /// and serves clients on another pair per call to `client`.
+    struct Harness {
+        router: Arc<Router>,
+        agent: UnixStream,
+        stop: mpsc::UnboundedSender<StopRequest>,
+        _stop_rx: mpsc::UnboundedReceiver<StopRequest>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (ours, agent) = UnixStream::pair().unwrap();
+            let router = Router::start(ours, status());
+            let (stop, stop_rx) = mpsc::unbounded_channel();
+            Self { router, agent, stop, _stop_rx: stop_rx }
+        }
+
+        fn client(&self) -> UnixStream {
+            let (client, served) = UnixStream::pair().unwrap();
+            tokio::spawn(serve_client(self.router.clone(), served, self.stop.clone()));
+            client
+        }
+    }
+
+    async fn recv(stream: &mut UnixStream) -> Frame {
+        tokio::time::timeout(Duration::from_secs(5), read_frame(stream)).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn same_client_ids_routed_apart() {
+        let mut harness = Harness::new();
+        let mut a = harness.client();
+        let mut b = harness.client();
+
+        write_frame(&mut a, &exec(1)).await.unwrap();
+        let first = recv(&mut harness.agent).await;
+        write_frame(&mut b, &exec(1)).await.unwrap();
+        let second = recv(&mut harness.agent).await;
+        let (first_id, second_id) = (first.message.id().unwrap(), second.message.id().unwrap());
+        assert_ne!(first_id, second_id, "host-wide ids must differ");
+
+        // Answer b's request first; each reply must reach only its client,
+        // carrying that client's own id.
+        let exited = |id| Message::Exited {
+            id,
+            exit_code: 0,
+            signal: None,
+            timed_out: false,
+            duration_ms: 1,
+        };
+        write_frame(&mut harness.agent, &Frame::new(exited(second_id))).await.unwrap();
+        write_frame(&mut harness.agent, &Frame::new(exited(first_id))).await.unwrap();
+        assert_eq!(recv(&mut b).await.message, exited(RequestId(1)));
+        assert_eq!(recv(&mut a).await.message, exited(RequestId(1)));
+    }
+
+    #[tokio::test]
+    async fn output_data_passes_through() {
+        let mut harness = Harness::new();
+        let mut client = harness.client();
+        write_frame(&mut client, &exec(9)).await.unwrap();
+        let global = recv(&mut harness.agent).await.message.id().unwrap();
+
+        let output = Message::Output { id: global, stream: smolvm_protocol::OutputStream::Stdout };
+        let frame = Frame::with_data(output, b"hello\xff".to_vec());
+        write_frame(&mut harness.agent, &frame).await.unwrap();
+
+        let got = recv(&mut client).await;
+        assert_eq!(got.message.id(), Some(RequestId(9)));
+        assert_eq!(got.data, b"hello\xff");
+    }
+
+    #[tokio::test]
+    async fn disconnect_kills_open_requests() {
+        let mut harness = Harness::new();
+        let mut client = harness.client();
+        write_frame(&mut client, &exec(4)).await.unwrap();
+        let global = recv(&mut harness.agent).await.message.id().unwrap();
+
+        drop(client);
+        let signal = recv(&mut harness.agent).await;
+        assert_eq!(signal.message, Message::Signal { id: global, signal: libc::SIGKILL });
+    }
+
+    #[tokio::test]
+    async fn status_answered_without_agent() {
+        let harness = Harness::new();
+        let mut client = harness.client();
+        write_frame(&mut client, &Frame::new(Message::Status { id: RequestId(2) })).await.unwrap();
+        let reply = recv(&mut client).await;
+        assert_eq!(reply.message, Message::StatusOk { id: RequestId(2), status: status() });
+    }
+
+    #[tokio::test]
+    async fn follow_up_for_unknown_request_dropped() {
+        let mut harness = Harness::new();
+        let mut client = harness.client();
+        let credit = Frame::new(Message::Credit { id: RequestId(77), bytes: 10 });
+        write_frame(&mut client, &credit).await.unwrap();
+        write_frame(&mut client, &exec(1)).await.unwrap();
+
+        // The first frame the agent sees is the exec, not the stray credit.
+        let first = recv(&mut harness.agent).await;
+        assert!(matches!(first.message, Message::Exec { .. }), "{first:?}");
+    }
+
+    #[tokio::test]
+    async fn agent_loss_fails_open_requests() {
+        let harness = Harness::new();
+        let mut client = harness.client();
+        write_frame(&mut client, &exec(5)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        drop(harness.agent);
+        let reply = recv(&mut client).await;
+        assert!(
+            matches!(reply.message, Message::Failed { id: RequestId(5), kind: FailureKind::Internal, .. }),
+            "{reply:?}"
+        );
+    }
+}

@@ -15,5 +15,8 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 # Put the agent beside the CLI, where the image builder looks first.
 out=target/$profile
 [[ $profile == dev ]] && out=target/debug
-cp "target/$target/agent/smolvm-agent" "$out/smolvm-agent"
+# Copy then rename, so a running agent binary (tests in socket mode) does
+# not make the copy fail with "text file busy".
+cp "target/$target/agent/smolvm-agent" "$out/.smolvm-agent.tmp"
+mv -f "$out/.smolvm-agent.tmp" "$out/smolvm-agent"
 echo "built $out/smolvm and $out/smolvm-agent"

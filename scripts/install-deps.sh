@@ -24,5 +24,5 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
     -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends \
-    slirp4netns debootstrap e2fsprogs dpkg-dev iproute2 procps ca-certificates \
-    libseccomp2
+    slirp4netns debootstrap e2fsprogs kmod dpkg-dev iproute2 procps \
+    ca-certificates curl

@@ -60,11 +60,16 @@ impl Channel {
     /// Wraps a connected descriptor and makes it nonblocking.
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Arc<Self>> {
         sys::set_nonblocking(fd.as_fd())?;
-        Ok(Arc::new(Self { fd, generation: Mutex::new(0) }))
+        Ok(Arc::new(Self {
+            fd,
+            generation: Mutex::new(0),
+        }))
     }
 
     fn generation(&self) -> MutexGuard<'_, u64> {
-        self.generation.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.generation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts a new session and returns its writer; writers of earlier
@@ -72,7 +77,10 @@ impl Channel {
     pub(crate) fn begin_session(self: &Arc<Self>) -> Writer {
         let mut generation = self.generation();
         *generation += 1;
-        Writer { channel: self.clone(), generation: *generation }
+        Writer {
+            channel: self.clone(),
+            generation: *generation,
+        }
     }
 
     /// Reads one frame, waiting for it as long as it takes.
@@ -96,7 +104,10 @@ impl Channel {
         reader.read_exact(&mut data).map_err(FrameError::Io)?;
 
         Frame::decode(&header, data).map_err(|e| match e {
-            FrameError::Decode(source) => ReceiveError::Invalid { id: request_id(&header), source },
+            FrameError::Decode(source) => ReceiveError::Invalid {
+                id: request_id(&header),
+                source,
+            },
             other => other.into(),
         })
     }
@@ -123,9 +134,8 @@ impl Channel {
     fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             // SAFETY: `bytes` is a valid slice for the length passed.
-            let ret = unsafe {
-                libc::write(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
-            };
+            let ret =
+                unsafe { libc::write(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
             match cvt_size(ret) {
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLOUT)?,
@@ -152,7 +162,7 @@ impl Channel {
 }
 
 /// Extracts `"id"` from a header that did not decode as a message, so the
-/// agent can still answer the request with `Failed`.
+/// agent can still reply to the request with `Failed`.
 fn request_id(header: &[u8]) -> Option<RequestId> {
     let value: serde_json::Value = serde_json::from_slice(header).ok()?;
     value.get("id")?.as_u64().map(RequestId)
@@ -165,7 +175,8 @@ impl Read for ChannelReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: `buf` is a valid writable slice for the length passed.
-            let ret = unsafe { libc::read(self.0.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let ret =
+                unsafe { libc::read(self.0.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             match cvt_size(ret) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.wait(libc::POLLIN)?,
@@ -218,7 +229,10 @@ mod tests {
 
     #[test]
     fn request_id_read_from_invalid_message() {
-        assert_eq!(request_id(br#"{"type":"nonsense","id":7}"#), Some(RequestId(7)));
+        assert_eq!(
+            request_id(br#"{"type":"nonsense","id":7}"#),
+            Some(RequestId(7))
+        );
         assert_eq!(request_id(br#"{"type":"nonsense"}"#), None);
         assert_eq!(request_id(b"not json"), None);
     }

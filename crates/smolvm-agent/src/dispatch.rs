@@ -1,4 +1,4 @@
-//! What the agent does with each frame from the host.
+//! Dispatch of each frame from the host to its handler.
 //!
 //! This runs on the session's frame reader thread, so nothing here may
 //! wait for long: execs and file reads get their own threads, and upload
@@ -19,7 +19,10 @@ pub(crate) fn dispatch(session: &Arc<Session>, uploads: &mut Uploads, frame: Fra
     let Frame { message, data } = frame;
     let new_id = message.id().filter(|_| starts_request(&message));
     if let Some(id) = new_id.filter(|&id| session.is_active(id) || uploads.contains(id)) {
-        let text = format!("request id {} is already in use by a request in flight", id.0);
+        let text = format!(
+            "request id {} is already in use by a request in flight",
+            id.0
+        );
         return session.fail(id, FailureKind::InvalidRequest, text);
     }
 
@@ -38,7 +41,12 @@ pub(crate) fn dispatch(session: &Arc<Session>, uploads: &mut Uploads, frame: Fra
         }
         Message::Signal { id, signal } => exec::signal(session, id, signal),
         Message::Credit { id, bytes } => credit(session, id, bytes),
-        Message::WriteFile { id, path, mode, create_parents } => {
+        Message::WriteFile {
+            id,
+            path,
+            mode,
+            create_parents,
+        } => {
             uploads.begin(session, id, &path, mode, create_parents);
         }
         Message::FileChunk { id } => uploads.write(session, id, &data),
@@ -50,7 +58,10 @@ pub(crate) fn dispatch(session: &Arc<Session>, uploads: &mut Uploads, frame: Fra
 }
 
 fn starts_request(message: &Message) -> bool {
-    matches!(message, Message::Exec { .. } | Message::WriteFile { .. } | Message::ReadFile { .. })
+    matches!(
+        message,
+        Message::Exec { .. } | Message::WriteFile { .. } | Message::ReadFile { .. }
+    )
 }
 
 fn hello(session: &Session) {
@@ -72,7 +83,7 @@ fn credit(session: &Session, id: RequestId, bytes: u64) {
     }
 }
 
-/// Answers a message that only the agent or the supervisor sends.
+/// Rejects a message that only the agent or the supervisor sends.
 fn reject(session: &Session, message: &Message) {
     let Some(id) = message.id() else { return };
     let text = "the agent does not handle this message; it is not a request to the agent";

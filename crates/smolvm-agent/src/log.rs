@@ -16,16 +16,23 @@ struct Limiter {
     suppressed: u64,
 }
 
-static LIMITER: Mutex<Limiter> =
-    Mutex::new(Limiter { second_start: None, written: 0, suppressed: 0 });
+static LIMITER: Mutex<Limiter> = Mutex::new(Limiter {
+    second_start: None,
+    written: 0,
+    suppressed: 0,
+});
 
 /// Writes one log line unless this second's quota is spent.
 pub(crate) fn write(args: std::fmt::Arguments<'_>) {
-    let mut limiter = LIMITER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut limiter = LIMITER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let now = Instant::now();
     let mut stderr = std::io::stderr().lock();
 
-    let new_second = limiter.second_start.is_none_or(|start| now.duration_since(start).as_secs() >= 1);
+    let new_second = limiter
+        .second_start
+        .is_none_or(|start| now.duration_since(start).as_secs() >= 1);
     if new_second {
         if limiter.suppressed > 0 {
             let _ = writeln!(
@@ -34,7 +41,11 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>) {
                 limiter.suppressed
             );
         }
-        *limiter = Limiter { second_start: Some(now), written: 0, suppressed: 0 };
+        *limiter = Limiter {
+            second_start: Some(now),
+            written: 0,
+            suppressed: 0,
+        };
     }
 
     if limiter.written >= MAX_LINES_PER_SECOND {

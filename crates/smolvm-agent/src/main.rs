@@ -38,7 +38,10 @@ usage: smolvm-agent                                 run as PID 1 inside a sandbo
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     Init,
-    Listen { socket: PathBuf, cgroup_root: Option<PathBuf> },
+    Listen {
+        socket: PathBuf,
+        cgroup_root: Option<PathBuf>,
+    },
     Version,
 }
 
@@ -63,7 +66,10 @@ fn main() -> ExitCode {
     }
     match command {
         Command::Init => init::run(),
-        Command::Listen { socket, cgroup_root } => listen(&socket, cgroup_root.as_deref()),
+        Command::Listen {
+            socket,
+            cgroup_root,
+        } => listen(&socket, cgroup_root.as_deref()),
         Command::Version => {
             println!("smolvm-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -75,7 +81,11 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Command, Strin
     let mut socket = None;
     let mut cgroup_root = None;
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().map(PathBuf::from).ok_or(format!("{name} needs a value"));
+        let mut value = |name: &str| {
+            args.next()
+                .map(PathBuf::from)
+                .ok_or(format!("{name} needs a value"))
+        };
         match arg.to_str() {
             Some("--listen") => socket = Some(value("--listen")?),
             Some("--cgroup-root") => cgroup_root = Some(value("--cgroup-root")?),
@@ -84,7 +94,10 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Command, Strin
         }
     }
     match socket {
-        Some(socket) => Ok(Command::Listen { socket, cgroup_root }),
+        Some(socket) => Ok(Command::Listen {
+            socket,
+            cgroup_root,
+        }),
         None if cgroup_root.is_some() => Err("--cgroup-root needs --listen".into()),
         None => Err("not PID 1: pass --listen SOCKET to serve on a Unix socket".into()),
     }
@@ -96,7 +109,10 @@ fn listen(socket: &Path, cgroup_root: Option<&Path>) -> ExitCode {
     let cgroups = match cgroup_root.map(Cgroups::new).transpose() {
         Ok(cgroups) => cgroups,
         Err(e) => {
-            eprintln!("smolvm-agent: cgroup root {} is unusable: {e}", cgroup_root.unwrap_or(Path::new("")).display());
+            eprintln!(
+                "smolvm-agent: cgroup root {} is unusable: {e}",
+                cgroup_root.unwrap_or(Path::new("")).display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -106,7 +122,10 @@ fn listen(socket: &Path, cgroup_root: Option<&Path>) -> ExitCode {
         eprintln!("smolvm-agent: starting the reaper failed: {e}");
         return ExitCode::FAILURE;
     }
-    let settings = Arc::new(Settings { mode: Mode::Socket, cgroups });
+    let settings = Arc::new(Settings {
+        mode: Mode::Socket,
+        cgroups,
+    });
     match server::serve_socket(socket, &settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -126,7 +145,12 @@ mod tests {
 
     #[test]
     fn parse_listen_with_cgroup_root() {
-        let command = parse(&["--listen", "/tmp/a.sock", "--cgroup-root", "/sys/fs/cgroup/x"]);
+        let command = parse(&[
+            "--listen",
+            "/tmp/a.sock",
+            "--cgroup-root",
+            "/sys/fs/cgroup/x",
+        ]);
         let expected = Command::Listen {
             socket: "/tmp/a.sock".into(),
             cgroup_root: Some("/sys/fs/cgroup/x".into()),

@@ -15,7 +15,11 @@ pub(crate) struct RootUser {
 
 impl Default for RootUser {
     fn default() -> Self {
-        Self { name: "root".into(), home: "/".into(), shell: "/bin/sh".into() }
+        Self {
+            name: "root".into(),
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+        }
     }
 }
 
@@ -39,7 +43,11 @@ fn parse_root_entry(text: &str) -> Option<RootUser> {
             return None;
         }
         let or = |value: &str, default: &str| {
-            if value.is_empty() { default.to_string() } else { value.to_string() }
+            if value.is_empty() {
+                default.to_string()
+            } else {
+                value.to_string()
+            }
         };
         Some(RootUser {
             name: or(fields[0], &fallback.name),

@@ -24,7 +24,9 @@ impl ProcessInfo {
 /// Lists the processes visible in `/proc`. Processes that exit while being
 /// listed are skipped.
 pub(crate) fn processes() -> Vec<ProcessInfo> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
@@ -57,7 +59,15 @@ mod tests {
     fn parse_stat_handles_odd_names() {
         let stat = "42 (a) b (c) S 1 40 41 0 -1 4194560 100 0 0 0";
         let info = parse_stat(42, stat).unwrap();
-        assert_eq!(info, ProcessInfo { pid: 42, state: 'S', session: 41, flags: 4194560 });
+        assert_eq!(
+            info,
+            ProcessInfo {
+                pid: 42,
+                state: 'S',
+                session: 41,
+                flags: 4194560
+            }
+        );
         assert!(!info.is_kernel_thread());
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::log::log;
 use crate::sys::cvt;
 
-/// How a process ended.
+/// Exit status of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExitStatus {
     /// It called `exit` with this status.
@@ -37,7 +37,9 @@ static WATCHERS: OnceLock<Mutex<HashMap<libc::pid_t, ExitCallback>>> = OnceLock:
 
 fn watchers() -> MutexGuard<'static, HashMap<libc::pid_t, ExitCallback>> {
     let table = WATCHERS.get_or_init(Mutex::default);
-    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Blocks SIGCHLD in the calling thread. Call it on the main thread before
@@ -66,7 +68,10 @@ fn child_signal_set() -> libc::sigset_t {
 
 /// Starts the reaper thread.
 pub(crate) fn start() -> io::Result<()> {
-    std::thread::Builder::new().name("reaper".into()).spawn(run).map(drop)
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(run)
+        .map(drop)
 }
 
 /// Runs `spawn` (which forks and returns the child's pid) and watches the
@@ -85,7 +90,10 @@ pub(crate) fn spawn_watched(
 
 fn run() {
     let set = child_signal_set();
-    let timeout = libc::timespec { tv_sec: SWEEP_PERIOD.as_secs() as libc::time_t, tv_nsec: 0 };
+    let timeout = libc::timespec {
+        tv_sec: SWEEP_PERIOD.as_secs() as libc::time_t,
+        tv_nsec: 0,
+    };
     loop {
         while let Some((pid, status)) = reap_one() {
             route(pid, status);
@@ -143,6 +151,9 @@ mod tests {
     #[test]
     fn decode_reads_exit_and_signal() {
         assert_eq!(decode(3 << 8), Some(ExitStatus::Code(3)));
-        assert_eq!(decode(libc::SIGKILL), Some(ExitStatus::Signal(libc::SIGKILL)));
+        assert_eq!(
+            decode(libc::SIGKILL),
+            Some(ExitStatus::Signal(libc::SIGKILL))
+        );
     }
 }

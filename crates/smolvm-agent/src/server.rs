@@ -30,7 +30,7 @@ const HOST_POLL_INTERVAL: Duration = Duration::from_millis(15);
 /// still waiting.
 const PORT_WAIT_WARNING: Duration = Duration::from_secs(5);
 
-/// How a session ended.
+/// Reason a session ended.
 #[derive(Debug)]
 enum SessionEnd {
     /// The host closed the connection.
@@ -88,7 +88,10 @@ fn find_port() -> Option<PathBuf> {
 }
 
 fn open_device(path: &Path) -> io::Result<Arc<Channel>> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     Channel::new(OwnedFd::from(file))
 }
 

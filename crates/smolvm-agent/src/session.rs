@@ -2,7 +2,7 @@
 //!
 //! Request ids are the host's and are unique within a session. When the
 //! session ends (the host disconnected), every running exec is killed and
-//! every file read stops, because nobody is left to receive their frames.
+//! every file read stops, because no host is left to receive their frames.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -58,7 +58,11 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(writer: Writer, settings: Arc<Settings>) -> Self {
-        Self { writer, settings, active: Mutex::default() }
+        Self {
+            writer,
+            settings,
+            active: Mutex::default(),
+        }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -76,14 +80,20 @@ impl Session {
     /// Sends `Failed` for `id`. The request's failure is the host's to
     /// report, so it is not logged here.
     pub(crate) fn fail(&self, id: RequestId, kind: FailureKind, message: impl fmt::Display) {
-        let _ = self.send(&Frame::new(Message::Failed { id, kind, message: message.to_string() }));
+        let _ = self.send(&Frame::new(Message::Failed {
+            id,
+            kind,
+            message: message.to_string(),
+        }));
     }
 
     fn active(&self) -> MutexGuard<'_, HashMap<RequestId, Active>> {
-        self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether a request with this id is in flight.
+    /// Returns whether a request with this id is in flight.
     pub(crate) fn is_active(&self, id: RequestId) -> bool {
         self.active().contains_key(&id)
     }
@@ -116,6 +126,7 @@ impl Session {
         self.writer.close();
         let active: Vec<Active> = self.active().values().cloned().collect();
         for request in &active {
+            log!("DEBUG aborting {request:?}");
             request.abort();
         }
         active.len()

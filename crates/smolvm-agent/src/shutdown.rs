@@ -35,9 +35,12 @@ pub(crate) fn shutdown(session: &Session, id: RequestId) {
 pub(crate) fn power_off() -> ! {
     log!("powering off");
     let _ = sys::kill(-1, libc::SIGTERM);
-    wait_for_processes(TERM_GRACE);
-    let _ = sys::kill(-1, libc::SIGKILL);
-    wait_for_processes(KILL_WAIT);
+    let survivors = wait_for_processes(TERM_GRACE);
+    if !survivors.is_empty() {
+        log!("killing processes that outlived SIGTERM: {survivors:?}");
+        let _ = sys::kill(-1, libc::SIGKILL);
+        wait_for_processes(KILL_WAIT);
+    }
 
     sys::sync();
     let read_only = libc::MS_REMOUNT | libc::MS_RDONLY;
@@ -56,16 +59,19 @@ pub(crate) fn power_off() -> ! {
 }
 
 /// Waits until no user process other than the agent is left, or `limit`
-/// passes. Zombies count as gone: the reaper collects them.
-fn wait_for_processes(limit: Duration) {
+/// passes. Returns the pids still running. Zombies count as gone: the
+/// reaper collects them.
+fn wait_for_processes(limit: Duration) -> Vec<libc::pid_t> {
     let me = std::process::id() as libc::pid_t;
     let start = Instant::now();
-    while start.elapsed() < limit {
-        let remaining = procfs::processes()
+    loop {
+        let remaining: Vec<libc::pid_t> = procfs::processes()
             .iter()
-            .any(|p| p.pid != me && p.state != 'Z' && !p.is_kernel_thread());
-        if !remaining {
-            return;
+            .filter(|p| p.pid != me && p.state != 'Z' && !p.is_kernel_thread())
+            .map(|p| p.pid)
+            .collect();
+        if remaining.is_empty() || start.elapsed() >= limit {
+            return remaining;
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -10,7 +10,11 @@ use std::time::Duration;
 
 /// Turns a libc `-1`-on-error return value into an `io::Result`.
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Turns a libc `ssize_t` return value into a byte count.
@@ -80,7 +84,11 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::R
 
 /// Builds a pollfd entry asking for `events` on `fd`.
 pub(crate) fn pollfd(fd: BorrowedFd<'_>, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 }
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }
 }
 
 /// Sends `signal` to a process (`pid > 0`) or a process group (`pid < 0`).
@@ -98,8 +106,8 @@ pub(crate) fn kernel_release() -> String {
     if unsafe { libc::uname(&mut uts) } != 0 {
         return "unknown".to_string();
     }
-    // SAFETY: uname succeeded, so `release` holds a NUL-terminated string
-    // inside the array.
+    // SAFETY: uname succeeded, so `release` contains a NUL-terminated
+    // string inside the array.
     let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) };
     release.to_string_lossy().into_owned()
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, data_dir, pids_mentioning, run, skip, stderr, stdout};
+use common::{Sandbox, pids_mentioning, run, run_in, skip, stderr, stdout};
 
 #[test]
 fn file_round_trip_and_stop_start() {
@@ -116,6 +116,8 @@ fn killed_vmm_reported_not_running() {
 
 #[test]
 fn invalid_create_rejected_before_anything_exists() {
+    // A data directory of its own: other tests create sandboxes meanwhile.
+    let data = tempfile::tempdir().unwrap();
     let cases: [(&[&str], &str); 4] = [
         (&["--memory", "64"], "memory"),
         (&["--disk-size", "100"], "disk_size"),
@@ -125,12 +127,13 @@ fn invalid_create_rejected_before_anything_exists() {
     for (args, needle) in cases {
         let mut full = vec!["sandbox", "create"];
         full.extend_from_slice(args);
-        let output = run(&full);
+        let output = run_in(data.path(), &full);
         assert!(!output.status.success(), "{args:?} accepted");
         assert!(stderr(&output).contains(needle), "{args:?}: {}", stderr(&output));
     }
-    let sandboxes = data_dir().join("sandboxes");
+    let sandboxes = data.path().join("sandboxes");
     let leftovers = std::fs::read_dir(&sandboxes).map(|d| d.count()).unwrap_or(0);
     assert_eq!(leftovers, 0, "a rejected create left a directory");
-    assert_eq!(stdout(&run(&["sandbox", "list", "--json"])).trim(), "[]");
+    let list = run_in(data.path(), &["sandbox", "list", "--json"]);
+    assert_eq!(stdout(&list).trim(), "[]");
 }

@@ -190,18 +190,25 @@ impl Store {
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    // Read the version under the write lock: two processes opening a new
+    // database at once would otherwise both apply the first migration.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = apply_migrations(conn);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end)?;
+    result
+}
+
+fn apply_migrations(conn: &Connection) -> Result<(), StoreError> {
     let version: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as u32;
     if version > known {
         return Err(StoreError::SchemaTooNew { found: version, known });
     }
-
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        // Each step and its version bump commit together, so a crash
-        // mid-migration leaves the previous version intact.
-        let next = index as u32 + 1;
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} PRAGMA user_version = {next}; COMMIT;"))?;
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        conn.execute_batch(sql)?;
     }
+    conn.pragma_update(None, "user_version", known)?;
     Ok(())
 }
 
@@ -348,6 +355,21 @@ mod tests {
 
         let store = Store::open(&path).unwrap();
         assert_eq!(store.get(&a.id).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn concurrent_opens_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smolvm.db");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Store::open(&path).map(|_| ()))
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
     }
 
     #[test]

@@ -87,13 +87,17 @@ impl ServerConfig {
         match &self.token {
             Some(token) if token.is_empty() => return Err(ConfigError::EmptyToken),
             None if !ip.is_loopback() => {
-                return Err(ConfigError::TokenRequired { host: self.host.clone() });
+                return Err(ConfigError::TokenRequired {
+                    host: self.host.clone(),
+                });
             }
             _ => {}
         }
         if let Some(origin) = &self.cors_origin {
             if !is_valid_origin(origin) {
-                return Err(ConfigError::InvalidCorsOrigin { origin: origin.clone() });
+                return Err(ConfigError::InvalidCorsOrigin {
+                    origin: origin.clone(),
+                });
             }
         }
         if self.max_file_bytes == 0 {
@@ -108,14 +112,18 @@ impl ServerConfig {
             return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
         let trimmed = self.host.trim_start_matches('[').trim_end_matches(']');
-        trimmed.parse().map_err(|_| ConfigError::InvalidHost { host: self.host.clone() })
+        trimmed.parse().map_err(|_| ConfigError::InvalidHost {
+            host: self.host.clone(),
+        })
     }
 }
 
 /// Whether `origin` is a serialized web origin: `http` or `https`, a host,
 /// an optional port, and nothing after.
 fn is_valid_origin(origin: &str) -> bool {
-    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"))
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
     else {
         return false;
     };
@@ -160,7 +168,10 @@ mod tests {
 
     #[test]
     fn empty_token_rejected() {
-        assert_eq!(config("127.0.0.1", Some("")).validate(), Err(ConfigError::EmptyToken));
+        assert_eq!(
+            config("127.0.0.1", Some("")).validate(),
+            Err(ConfigError::EmptyToken)
+        );
     }
 
     #[test]
@@ -176,7 +187,13 @@ mod tests {
             c.cors_origin = Some(good.into());
             assert!(c.validate().is_ok(), "{good}");
         }
-        for bad in ["localhost:5173", "http://", "https://app.example/path", "*", "ftp://x"] {
+        for bad in [
+            "localhost:5173",
+            "http://",
+            "https://app.example/path",
+            "*",
+            "ftp://x",
+        ] {
             let mut c = config("127.0.0.1", None);
             c.cors_origin = Some(bad.into());
             assert!(c.validate().is_err(), "{bad}");

@@ -134,13 +134,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), field: None, cause: None }
+        Self {
+            code,
+            detail: detail.into(),
+            field: None,
+            cause: None,
+        }
     }
 
     /// Creates a 422 `invalid_request` error about `field`.
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
         let field = field.into();
-        Self { field: Some(field), ..Self::new(ErrorCode::InvalidRequest, detail) }
+        Self {
+            field: Some(field),
+            ..Self::new(ErrorCode::InvalidRequest, detail)
+        }
     }
 
     /// Creates a server error whose `cause` is logged and never sent.
@@ -149,7 +157,10 @@ impl ApiError {
         detail: impl Into<String>,
         cause: impl StdError + Send + Sync + 'static,
     ) -> Self {
-        Self { cause: Some(Box::new(cause)), ..Self::new(code, detail) }
+        Self {
+            cause: Some(Box::new(cause)),
+            ..Self::new(code, detail)
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -157,7 +168,11 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { detail: self.detail.clone(), code: self.code, field: self.field.clone() }
+        ErrorBody {
+            detail: self.detail.clone(),
+            code: self.code,
+            field: self.field.clone(),
+        }
     }
 }
 
@@ -280,11 +295,19 @@ struct GuestFailure {
     message: String,
 }
 
+impl ApiError {
+    /// Logs the error with its cause chain if it is a server error. Client
+    /// errors are the caller's to handle and are not logged.
+    pub fn log(&self) {
+        if self.status().is_server_error() {
+            log_server_error(self);
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status().is_server_error() {
-            log_server_error(&self);
-        }
+        self.log();
         error_response(self.status(), self.code, &self.body())
     }
 }
@@ -302,7 +325,10 @@ pub fn error_response(status: StatusCode, code: ErrorCode, body: &impl Serialize
 
 fn log_server_error(error: &ApiError) {
     let mut chain = error.detail.clone();
-    let mut next = error.cause.as_deref().map(|cause| cause as &(dyn StdError + 'static));
+    let mut next = error
+        .cause
+        .as_deref()
+        .map(|cause| cause as &(dyn StdError + 'static));
     while let Some(cause) = next {
         chain.push_str(": ");
         chain.push_str(&cause.to_string());
@@ -331,7 +357,9 @@ mod tests {
     fn engine_cases() -> Vec<(EngineError, StatusCode, &'static str)> {
         vec![
             (
-                EngineError::NotFound { id: "sbx-2222222222".into() },
+                EngineError::NotFound {
+                    id: "sbx-2222222222".into(),
+                },
                 StatusCode::NOT_FOUND,
                 "sandbox_not_found",
             ),
@@ -351,7 +379,9 @@ mod tests {
                 "invalid_state",
             ),
             (
-                EngineError::Image(ImageError::InvalidReference { reference: "x".into() }),
+                EngineError::Image(ImageError::InvalidReference {
+                    reference: "x".into(),
+                }),
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
             ),
@@ -364,7 +394,9 @@ mod tests {
                 "invalid_request",
             ),
             (
-                EngineError::Image(ImageError::NotRoot { step: "debootstrap" }),
+                EngineError::Image(ImageError::NotRoot {
+                    step: "debootstrap",
+                }),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "host_unavailable",
             ),
@@ -378,7 +410,9 @@ mod tests {
                 "internal_error",
             ),
             (
-                EngineError::Accel(AccelError::KvmUnusable { cause: "no /dev/kvm".into() }),
+                EngineError::Accel(AccelError::KvmUnusable {
+                    cause: "no /dev/kvm".into(),
+                }),
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
             ),
@@ -388,42 +422,66 @@ mod tests {
                 "host_unavailable",
             ),
             (
-                EngineError::HostUnavailable { what: "no qemu".into(), fix: "install it".into() },
+                EngineError::HostUnavailable {
+                    what: "no qemu".into(),
+                    fix: "install it".into(),
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
                 "host_unavailable",
             ),
             (
-                EngineError::Boot { id: "sbx-2222222222".into(), reason: "secret".into() },
+                EngineError::Boot {
+                    id: "sbx-2222222222".into(),
+                    reason: "secret".into(),
+                },
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "boot_failed",
             ),
             (
-                EngineError::Guest { kind: FailureKind::NotFound, message: "no /x".into() },
+                EngineError::Guest {
+                    kind: FailureKind::NotFound,
+                    message: "no /x".into(),
+                },
                 StatusCode::NOT_FOUND,
                 "file_not_found",
             ),
             (
-                EngineError::Guest { kind: FailureKind::InvalidPath, message: "dir".into() },
+                EngineError::Guest {
+                    kind: FailureKind::InvalidPath,
+                    message: "dir".into(),
+                },
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
             ),
             (
-                EngineError::Guest { kind: FailureKind::InvalidRequest, message: "bad".into() },
+                EngineError::Guest {
+                    kind: FailureKind::InvalidRequest,
+                    message: "bad".into(),
+                },
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
             ),
             (
-                EngineError::Guest { kind: FailureKind::PermissionDenied, message: "no".into() },
+                EngineError::Guest {
+                    kind: FailureKind::PermissionDenied,
+                    message: "no".into(),
+                },
                 StatusCode::FORBIDDEN,
                 "permission_denied",
             ),
             (
-                EngineError::Guest { kind: FailureKind::UnknownRequest, message: "secret".into() },
+                EngineError::Guest {
+                    kind: FailureKind::UnknownRequest,
+                    message: "secret".into(),
+                },
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
             ),
             (
-                EngineError::Guest { kind: FailureKind::Internal, message: "secret".into() },
+                EngineError::Guest {
+                    kind: FailureKind::Internal,
+                    message: "secret".into(),
+                },
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
             ),
@@ -436,12 +494,18 @@ mod tests {
                 "agent_error",
             ),
             (
-                EngineError::Store(StoreError::Corrupt { id: "x".into(), problem: "secret".into() }),
+                EngineError::Store(StoreError::Corrupt {
+                    id: "x".into(),
+                    problem: "secret".into(),
+                }),
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
             ),
             (
-                EngineError::Io { context: "secret".into(), source: io_error() },
+                EngineError::Io {
+                    context: "secret".into(),
+                    source: io_error(),
+                },
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
             ),
@@ -472,7 +536,10 @@ mod tests {
 
     #[test]
     fn invalid_spec_names_field() {
-        let api = ApiError::from(EngineError::Invalid(SpecError::new("disk_size", "too small")));
+        let api = ApiError::from(EngineError::Invalid(SpecError::new(
+            "disk_size",
+            "too small",
+        )));
         assert_eq!(api.field.as_deref(), Some("disk_size"));
         assert!(api.detail.contains("disk_size"), "{}", api.detail);
     }

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use smolvm_engine::sandbox::Engine;
-use smolvm_engine::state::SandboxState;
 use tokio::sync::{Notify, broadcast};
 use utoipa::ToSchema;
 
@@ -29,7 +28,7 @@ const CHANNEL_CAPACITY: usize = 256;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// A sandbox appeared on the host.
     #[serde(rename = "sandbox.created")]
     SandboxCreated,
@@ -56,7 +55,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Returns the name sent as the server-sent event's `event` field.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::SandboxCreated => "sandbox.created",
             Self::SandboxRunning => "sandbox.running",
@@ -82,7 +81,7 @@ impl EventKind {
 
 /// One event, the JSON `data` of a server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Event {
+pub(crate) struct Event {
     #[serde(rename = "type")]
     pub kind: EventKind,
     /// When the server noticed it, RFC 3339 in UTC.
@@ -117,25 +116,34 @@ impl Event {
     }
 
     fn sandbox(kind: EventKind, sandbox: &Sandbox) -> Self {
-        Self { sandbox_id: Some(sandbox.id.clone()), sandbox: Some(sandbox.clone()), ..Self::new(kind) }
+        Self {
+            sandbox_id: Some(sandbox.id.clone()),
+            sandbox: Some(sandbox.clone()),
+            ..Self::new(kind)
+        }
     }
 
     /// Creates an `image.build` event.
-    pub fn image_build(step: usize, steps: usize, message: String) -> Self {
-        Self { message: Some(message), step: Some(step), steps: Some(steps), ..Self::new(EventKind::ImageBuild) }
+    pub(crate) fn image_build(step: usize, steps: usize, message: String) -> Self {
+        Self {
+            message: Some(message),
+            step: Some(step),
+            steps: Some(steps),
+            ..Self::new(EventKind::ImageBuild)
+        }
     }
 }
 
 /// An event with its sequence number, as subscribers receive it.
 #[derive(Debug, Clone)]
-pub struct Numbered {
+pub(crate) struct Numbered {
     pub seq: u64,
     pub event: Event,
 }
 
 /// Publishes events to subscribers; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct EventHub {
+pub(crate) struct EventHub {
     inner: Arc<HubInner>,
 }
 
@@ -149,7 +157,7 @@ struct HubInner {
 }
 
 impl EventHub {
-    pub fn new(engine: Engine) -> Self {
+    pub(crate) fn new(engine: Engine) -> Self {
         let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
         let inner = HubInner {
             engine,
@@ -158,11 +166,13 @@ impl EventHub {
             nudge: Notify::new(),
             watching: AtomicBool::new(false),
         };
-        Self { inner: Arc::new(inner) }
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Subscribes to events from now on, starting the watcher if needed.
-    pub fn subscribe(&self) -> broadcast::Receiver<Numbered> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Numbered> {
         let receiver = self.inner.sender.subscribe();
         if !self.inner.watching.swap(true, Ordering::AcqRel) {
             tokio::spawn(watch(Arc::downgrade(&self.inner)));
@@ -171,12 +181,12 @@ impl EventHub {
     }
 
     /// Publishes `event` to current subscribers, if any.
-    pub fn publish(&self, event: Event) {
+    pub(crate) fn publish(&self, event: Event) {
         self.inner.publish(event);
     }
 
     /// Asks the watcher to look for changes now rather than at its next tick.
-    pub fn nudge(&self) {
+    pub(crate) fn nudge(&self) {
         self.inner.nudge.notify_one();
     }
 }
@@ -218,9 +228,8 @@ async fn watch(hub: Weak<HubInner>) {
             Err(error) => tracing::warn!(%error, "listing sandboxes for events failed"),
         }
 
-        let nudged = inner.nudge.notified();
-        drop(inner);
-        let _ = tokio::time::timeout(POLL_INTERVAL, nudged).await;
+        // A nudge sent while no one waited is stored, so none is lost.
+        let _ = tokio::time::timeout(POLL_INTERVAL, inner.nudge.notified()).await;
     }
 }
 
@@ -244,11 +253,16 @@ fn diff(previous: &HashMap<String, SandboxStatus>, current: &[Sandbox]) -> Vec<E
         }
     }
 
-    let mut gone: Vec<&String> =
-        previous.keys().filter(|id| !current.iter().any(|s| &s.id == *id)).collect();
+    let mut gone: Vec<&String> = previous
+        .keys()
+        .filter(|id| !current.iter().any(|s| &s.id == *id))
+        .collect();
     gone.sort();
     for id in gone {
-        events.push(Event { sandbox_id: Some(id.clone()), ..Event::new(EventKind::SandboxDeleted) });
+        events.push(Event {
+            sandbox_id: Some(id.clone()),
+            ..Event::new(EventKind::SandboxDeleted)
+        });
     }
     events
 }
@@ -281,18 +295,30 @@ mod tests {
     }
 
     fn kinds(events: &[Event]) -> Vec<(&str, Option<&str>)> {
-        events.iter().map(|e| (e.kind.as_str(), e.sandbox_id.as_deref())).collect()
+        events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.sandbox_id.as_deref()))
+            .collect()
     }
 
     #[test]
     fn new_running_sandbox_is_created_then_running() {
         let events = diff(&HashMap::new(), &[sandbox("sbx-a", SandboxStatus::Running)]);
-        assert_eq!(kinds(&events), [("sandbox.created", Some("sbx-a")), ("sandbox.running", Some("sbx-a"))]);
+        assert_eq!(
+            kinds(&events),
+            [
+                ("sandbox.created", Some("sbx-a")),
+                ("sandbox.running", Some("sbx-a"))
+            ]
+        );
     }
 
     #[test]
     fn new_creating_sandbox_is_created_only() {
-        let events = diff(&HashMap::new(), &[sandbox("sbx-a", SandboxStatus::Creating)]);
+        let events = diff(
+            &HashMap::new(),
+            &[sandbox("sbx-a", SandboxStatus::Creating)],
+        );
         assert_eq!(kinds(&events), [("sandbox.created", Some("sbx-a"))]);
     }
 
@@ -303,9 +329,18 @@ mod tests {
             ("sbx-b".to_owned(), SandboxStatus::Running),
             ("sbx-c".to_owned(), SandboxStatus::Running),
         ]);
-        let current = [sandbox("sbx-a", SandboxStatus::Stopped), sandbox("sbx-c", SandboxStatus::Running)];
+        let current = [
+            sandbox("sbx-a", SandboxStatus::Stopped),
+            sandbox("sbx-c", SandboxStatus::Running),
+        ];
         let events = diff(&previous, &current);
-        assert_eq!(kinds(&events), [("sandbox.stopped", Some("sbx-a")), ("sandbox.deleted", Some("sbx-b"))]);
+        assert_eq!(
+            kinds(&events),
+            [
+                ("sandbox.stopped", Some("sbx-a")),
+                ("sandbox.deleted", Some("sbx-b"))
+            ]
+        );
         assert!(events[1].sandbox.is_none());
     }
 

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorCode};
 
 /// A JSON request body, deserialized strictly.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
@@ -34,28 +34,42 @@ where
             ));
         }
 
-        let bytes = Bytes::from_request(request, state).await.map_err(body_error)?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(body_error)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
 /// Deserializes `bytes` as `T`, naming the field at fault on failure.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
-    deserializer.end().map_err(|e| ApiError::invalid("body", format!("invalid JSON body: {e}")))?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::invalid("body", format!("invalid JSON body: {e}")))?;
     Ok(value)
 }
 
 /// Whether the content type is `application/json` or `application/*+json`,
 /// with any parameters such as `charset`.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
-        || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
 }
 
 fn json_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -67,7 +81,10 @@ fn json_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError 
     if inner.is_syntax() || inner.is_eof() || path == "." {
         return ApiError::invalid("body", format!("invalid JSON body: {inner}"));
     }
-    ApiError::invalid(path.clone(), format!("invalid field `{path}`: {}", strip_position(&inner)))
+    ApiError::invalid(
+        path.clone(),
+        format!("invalid field `{path}`: {}", strip_position(&inner)),
+    )
 }
 
 /// Returns serde_json's message without its " at line L column C" suffix,
@@ -90,12 +107,15 @@ fn body_error(rejection: BytesRejection) -> ApiError {
             ),
         );
     }
-    ApiError::invalid("body", format!("failed to read the request body: {}", rejection.body_text()))
+    ApiError::invalid(
+        "body",
+        format!("failed to read the request body: {}", rejection.body_text()),
+    )
 }
 
 /// A query string, deserialized strictly.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
 where
@@ -115,7 +135,10 @@ where
 fn query_error(rejection: QueryRejection) -> ApiError {
     // axum's text is "Failed to deserialize query string: missing field `path`".
     let text = rejection.body_text();
-    let reason = text.split_once(": ").map(|(_, reason)| reason).unwrap_or(&text);
+    let reason = text
+        .split_once(": ")
+        .map(|(_, reason)| reason)
+        .unwrap_or(&text);
     let field = reason
         .split('`')
         .nth(1)
@@ -154,39 +177,59 @@ mod tests {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
         let request = request.body(Body::from(body.to_owned())).unwrap();
-        ApiJson::<Sample>::from_request(request, &()).await.map(|ApiJson(v)| v)
+        ApiJson::<Sample>::from_request(request, &())
+            .await
+            .map(|ApiJson(v)| v)
     }
 
     #[tokio::test]
     async fn json_accepted_with_charset() {
-        let sample = extract(Some("application/json; charset=utf-8"), r#"{"memory": 256}"#).await;
+        let sample = extract(
+            Some("application/json; charset=utf-8"),
+            r#"{"memory": 256}"#,
+        )
+        .await;
         assert!(sample.is_ok(), "{sample:?}");
     }
 
     #[tokio::test]
     async fn non_json_content_type_is_415() {
-        for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
             let error = extract(content_type, "{}").await.unwrap_err();
-            assert_eq!(error.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type:?}");
+            assert_eq!(
+                error.status(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{content_type:?}"
+            );
         }
     }
 
     #[tokio::test]
     async fn malformed_json_is_422() {
-        let error = extract(Some("application/json"), "{\"memory\": ").await.unwrap_err();
+        let error = extract(Some("application/json"), "{\"memory\": ")
+            .await
+            .unwrap_err();
         assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(error.field.as_deref(), Some("body"));
     }
 
     #[tokio::test]
     async fn trailing_data_is_422() {
-        let error = extract(Some("application/json"), "{} {}").await.unwrap_err();
+        let error = extract(Some("application/json"), "{} {}")
+            .await
+            .unwrap_err();
         assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 
     #[tokio::test]
     async fn unknown_field_named() {
-        let error = extract(Some("application/json"), r#"{"memroy": 256}"#).await.unwrap_err();
+        let error = extract(Some("application/json"), r#"{"memroy": 256}"#)
+            .await
+            .unwrap_err();
         assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(error.detail.contains("memroy"), "{}", error.detail);
     }
@@ -202,7 +245,9 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_type_names_top_field() {
-        let error = extract(Some("application/json"), r#"{"memory": "lots"}"#).await.unwrap_err();
+        let error = extract(Some("application/json"), r#"{"memory": "lots"}"#)
+            .await
+            .unwrap_err();
         assert_eq!(error.field.as_deref(), Some("memory"));
     }
 }

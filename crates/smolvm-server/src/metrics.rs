@@ -12,35 +12,39 @@ use smolvm_engine::state::SandboxState;
 const CREATE_BUCKETS: [f64; 10] = [0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// Upper bounds of the exec latency buckets, in seconds.
-const EXEC_BUCKETS: [f64; 12] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+const EXEC_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
 
 /// Counters the server updates as it handles requests.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     create: Histogram,
     exec: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { create: Histogram::new(&CREATE_BUCKETS), exec: Histogram::new(&EXEC_BUCKETS) }
+        Self {
+            create: Histogram::new(&CREATE_BUCKETS),
+            exec: Histogram::new(&EXEC_BUCKETS),
+        }
     }
 }
 
 impl Metrics {
     /// Records a successful create that took `elapsed`.
-    pub fn observe_create(&self, elapsed: Duration) {
+    pub(crate) fn observe_create(&self, elapsed: Duration) {
         self.create.observe(elapsed);
     }
 
     /// Records an exec that ran to its exit (any exit code) in `elapsed`.
-    pub fn observe_exec(&self, elapsed: Duration) {
+    pub(crate) fn observe_exec(&self, elapsed: Duration) {
         self.exec.observe(elapsed);
     }
 
     /// Renders every metric; `states` holds the state of each sandbox.
-    pub fn render(&self, states: &[SandboxState]) -> String {
+    pub(crate) fn render(&self, states: &[SandboxState]) -> String {
         let mut out = String::new();
         out.push_str("# HELP smolvm_sandboxes Sandboxes on this host, by state.\n");
         out.push_str("# TYPE smolvm_sandboxes gauge\n");
@@ -116,10 +120,23 @@ mod tests {
     #[test]
     fn states_counted_including_zero() {
         let metrics = Metrics::default();
-        let text = metrics.render(&[SandboxState::Running, SandboxState::Running, SandboxState::Error]);
-        assert!(text.contains("smolvm_sandboxes{state=\"running\"} 2\n"), "{text}");
-        assert!(text.contains("smolvm_sandboxes{state=\"error\"} 1\n"), "{text}");
-        assert!(text.contains("smolvm_sandboxes{state=\"stopped\"} 0\n"), "{text}");
+        let text = metrics.render(&[
+            SandboxState::Running,
+            SandboxState::Running,
+            SandboxState::Error,
+        ]);
+        assert!(
+            text.contains("smolvm_sandboxes{state=\"running\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_sandboxes{state=\"error\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_sandboxes{state=\"stopped\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -129,11 +146,29 @@ mod tests {
         metrics.observe_exec(Duration::from_millis(40));
         metrics.observe_exec(Duration::from_secs(100));
         let text = metrics.render(&[]);
-        assert!(text.contains("smolvm_exec_duration_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
-        assert!(text.contains("smolvm_exec_duration_seconds_bucket{le=\"0.05\"} 2\n"), "{text}");
-        assert!(text.contains("smolvm_exec_duration_seconds_bucket{le=\"60\"} 2\n"), "{text}");
-        assert!(text.contains("smolvm_exec_duration_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("smolvm_exec_duration_seconds_count 3\n"), "{text}");
-        assert!(text.contains("smolvm_exec_duration_seconds_sum 100.043\n"), "{text}");
+        assert!(
+            text.contains("smolvm_exec_duration_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_exec_duration_seconds_bucket{le=\"0.05\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_exec_duration_seconds_bucket{le=\"60\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_exec_duration_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_exec_duration_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smolvm_exec_duration_seconds_sum 100.043\n"),
+            "{text}"
+        );
     }
 }

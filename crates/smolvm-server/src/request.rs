@@ -11,7 +11,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 /// Header carrying the request id, both ways.
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest client-supplied request id that is kept; longer ones are replaced.
 const MAX_CLIENT_ID_LEN: usize = 64;
@@ -19,12 +19,13 @@ const MAX_CLIENT_ID_LEN: usize = 64;
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Wraps the request in a span carrying its id and logs its outcome.
-pub async fn trace_request(mut request: Request, next: Next) -> Response {
-    let id = client_id(&request).unwrap_or_else(|| {
-        format!("req-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
-    });
+pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response {
+    let id = client_id(&request)
+        .unwrap_or_else(|| format!("req-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
     let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
-    request.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, value.clone());
 
     let span = tracing::info_span!(
         "request",
@@ -50,6 +51,8 @@ pub async fn trace_request(mut request: Request, next: Next) -> Response {
 /// log and echo safely.
 fn client_id(request: &Request) -> Option<String> {
     let id = request.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
-    let plain = id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    let plain = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     (plain && !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN).then(|| id.to_owned())
 }

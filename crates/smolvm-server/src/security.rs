@@ -29,14 +29,14 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::error::{ApiError, ERROR_CODE_HEADER, ErrorCode};
 
 /// Largest JSON request body, in bytes (1 MiB).
-pub const JSON_BODY_LIMIT_BYTES: usize = 1024 * 1024;
+pub(crate) const JSON_BODY_LIMIT_BYTES: usize = 1024 * 1024;
 
 /// Paths served without a token: they reveal nothing about sandboxes.
 const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/openapi.json", "/docs"];
 
 /// What the request checks allow, derived from the server settings.
 #[derive(Clone)]
-pub struct SecurityPolicy {
+pub(crate) struct SecurityPolicy {
     /// The bind address; requests naming it in `Host` are accepted.
     bind_ip: IpAddr,
     /// SHA-256 of the token. Comparing fixed-size digests in constant time
@@ -57,7 +57,7 @@ impl std::fmt::Debug for SecurityPolicy {
 }
 
 impl SecurityPolicy {
-    pub fn new(config: &ServerConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: &ServerConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             bind_ip: config.ip()?,
             token_digest: config.token.as_deref().map(digest),
@@ -75,7 +75,10 @@ impl SecurityPolicy {
         if self.bind_ip.is_unspecified() && self.token_digest.is_some() {
             return true;
         }
-        let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let name = name.to_ascii_lowercase();
 
         if name == "localhost" || name.ends_with(".localhost") {
@@ -90,15 +93,23 @@ impl SecurityPolicy {
     /// Whether a request carrying `Origin: origin` may be served; `host`
     /// is its `Host` header, which identifies the server's own origin.
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        if self.cors_origin.as_deref().is_some_and(|allowed| allowed.eq_ignore_ascii_case(origin)) {
+        if self
+            .cors_origin
+            .as_deref()
+            .is_some_and(|allowed| allowed.eq_ignore_ascii_case(origin))
+        {
             return true;
         }
-        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
         matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
     }
 
     fn token_matches(&self, headers: &HeaderMap) -> bool {
-        let Some(expected) = &self.token_digest else { return true };
+        let Some(expected) = &self.token_digest else {
+            return true;
+        };
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -117,7 +128,7 @@ fn digest(token: &str) -> [u8; 32] {
 
 /// Rejects requests whose `Host` or `Origin` is foreign, or that lack the
 /// token. Runs before any handler reads the body.
-pub async fn check_request(
+pub(crate) async fn check_request(
     State(policy): State<Arc<SecurityPolicy>>,
     request: Request,
     next: Next,
@@ -176,7 +187,7 @@ fn check(policy: &SecurityPolicy, request: &Request) -> Result<(), ApiError> {
 
 /// Builds the CORS layer for the configured origin; without one the
 /// server sends no CORS headers, so browsers keep other origins out.
-pub fn cors_layer(config: &ServerConfig) -> Option<CorsLayer> {
+pub(crate) fn cors_layer(config: &ServerConfig) -> Option<CorsLayer> {
     let origin = HeaderValue::from_str(config.cors_origin.as_deref()?).ok()?;
     let exposed = [
         ERROR_CODE_HEADER,
@@ -209,7 +220,14 @@ mod tests {
     #[test]
     fn loopback_hosts_allowed() {
         let p = policy("127.0.0.1", None, None);
-        for host in ["127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000", "a.localhost:80", "127.1.2.3"] {
+        for host in [
+            "127.0.0.1:8000",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8000",
+            "a.localhost:80",
+            "127.1.2.3",
+        ] {
             assert!(p.host_allowed(host), "{host}");
         }
     }
@@ -217,7 +235,14 @@ mod tests {
     #[test]
     fn foreign_hosts_rejected() {
         let p = policy("127.0.0.1", None, None);
-        for host in ["evil.example", "evil.example:8000", "localhost.evil.example", "10.0.0.1:8000", "", "a b"] {
+        for host in [
+            "evil.example",
+            "evil.example:8000",
+            "localhost.evil.example",
+            "10.0.0.1:8000",
+            "",
+            "a b",
+        ] {
             assert!(!p.host_allowed(host), "{host}");
         }
     }
@@ -251,11 +276,20 @@ mod tests {
         let p = policy("127.0.0.1", Some("s3cret"), None);
         let mut headers = HeaderMap::new();
         assert!(!p.token_matches(&headers));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer wrong"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wrong"),
+        );
         assert!(!p.token_matches(&headers));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
         assert!(p.token_matches(&headers));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic s3cret"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic s3cret"),
+        );
         assert!(!p.token_matches(&headers));
     }
 

@@ -4,7 +4,7 @@
 //! Groups live under one root (`/sys/fs/cgroup/smolvm` in the guest) as
 //! `exec-<n>`. The child joins its group before `execve`, so all its
 //! descendants are born inside it. A group whose processes outlive the
-//! exec (`sleep 300 &`) cannot be removed yet; it is kept on a list and
+//! exec (`sleep 300 &`) cannot be removed yet. It is kept on a list and
 //! removed by a later sweep once empty.
 
 use std::ffi::{CStr, CString};
@@ -41,7 +41,11 @@ impl Cgroups {
                 format!("{} is not a cgroup v2 directory", root.display()),
             ));
         }
-        Ok(Self { root: root.to_path_buf(), next: AtomicU64::new(1), retired: Mutex::default() })
+        Ok(Self {
+            root: root.to_path_buf(),
+            next: AtomicU64::new(1),
+            retired: Mutex::default(),
+        })
     }
 
     /// Creates the group for a new exec, after removing empty retired ones.
@@ -70,7 +74,9 @@ impl Cgroups {
     }
 
     fn retired(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.retired.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -100,6 +106,8 @@ impl ExecCgroup {
 
     fn pids(&self) -> Vec<libc::pid_t> {
         let text = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-        text.lines().filter_map(|line| line.trim().parse().ok()).collect()
+        text.lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect()
     }
 }

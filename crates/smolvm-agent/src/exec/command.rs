@@ -23,7 +23,7 @@ pub(crate) struct Program {
     /// `NAME=value` entries.
     pub(crate) env: Vec<CString>,
     pub(crate) cwd: CString,
-    /// How error messages written by the child name the program.
+    /// Program name in the error messages the child writes.
     pub(crate) name: Vec<u8>,
     /// Whether the program was looked up in `PATH`, which changes the
     /// message for a missing program ("command not found").
@@ -34,7 +34,9 @@ impl Program {
     /// Builds a helper program the agent runs for itself (no shell, `/` as
     /// working directory, only `PATH` in the environment).
     pub(crate) fn helper(path: &str, args: &[&str]) -> Result<Self, CommandError> {
-        let argv = std::iter::once(path).chain(args.iter().copied()).map(str::to_string);
+        let argv = std::iter::once(path)
+            .chain(args.iter().copied())
+            .map(str::to_string);
         Ok(Self {
             candidates: to_cstrings([path.to_string()], "program name")?,
             argv: to_cstrings(argv, "command")?,
@@ -46,12 +48,14 @@ impl Program {
     }
 }
 
-/// Why a request cannot be turned into a [`Program`].
+/// Error from turning a request into a [`Program`].
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CommandError {
     #[error("argv is empty: it needs at least the program name")]
     EmptyArgv,
-    #[error("environment variable name {name:?} is invalid: it must be non-empty and contain no '=' or NUL")]
+    #[error(
+        "environment variable name {name:?} is invalid: it must be non-empty and contain no '=' or NUL"
+    )]
     InvalidEnvName { name: String },
     #[error("the {field} contains a NUL byte, which cannot be passed to a program")]
     NulByte { field: &'static str },
@@ -83,30 +87,42 @@ pub(crate) fn prepare(request: &ExecRequest) -> Result<Program, CommandError> {
 fn prepare_for(request: &ExecRequest, user: &RootUser) -> Result<Program, CommandError> {
     let argv: Vec<String> = match &request.command {
         ExecCommand::Login { command } => {
-            vec![user.shell.clone(), "-l".into(), "-c".into(), command.clone()]
+            vec![
+                user.shell.clone(),
+                "-l".into(),
+                "-c".into(),
+                command.clone(),
+            ]
         }
         ExecCommand::Argv { argv } if argv.is_empty() => return Err(CommandError::EmptyArgv),
         ExecCommand::Argv { argv } => argv.clone(),
     };
 
     let env = environment(user, &request.env)?;
-    let path_var = env.iter().rev().find(|(name, _)| name == "PATH").map_or("", |(_, v)| v.as_str());
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map_or("", |(_, v)| v.as_str());
     let program = argv[0].as_str();
     let searched_path = !program.contains('/');
 
     Ok(Program {
         candidates: to_cstrings(candidates(program, path_var), "program name")?,
         env: to_cstrings(env.iter().map(|(n, v)| format!("{n}={v}")), "environment")?,
-        cwd: CString::new(working_directory(request.cwd.as_deref(), user)?)
-            .map_err(|_| CommandError::NulByte { field: "working directory" })?,
+        cwd: CString::new(working_directory(request.cwd.as_deref(), user)?).map_err(|_| {
+            CommandError::NulByte {
+                field: "working directory",
+            }
+        })?,
         name: program.as_bytes().to_vec(),
         argv: to_cstrings(argv, "command")?,
         searched_path,
     })
 }
 
-/// The base environment, then the request's pairs set verbatim (a pair
-/// replaces a base variable of the same name).
+/// Builds the base environment, then sets the request's pairs verbatim
+/// (a pair replaces a base variable of the same name).
 fn environment(
     user: &RootUser,
     extra: &[(String, String)],
@@ -141,16 +157,26 @@ fn environment(
 fn working_directory(cwd: Option<&str>, user: &RootUser) -> Result<String, CommandError> {
     let Some(cwd) = cwd else {
         let home = Path::new(&user.home);
-        return Ok(if home.is_dir() { user.home.clone() } else { "/".to_string() });
+        return Ok(if home.is_dir() {
+            user.home.clone()
+        } else {
+            "/".to_string()
+        });
     };
 
     if !cwd.starts_with('/') {
-        return Err(CommandError::RelativeCwd { path: cwd.to_string() });
+        return Err(CommandError::RelativeCwd {
+            path: cwd.to_string(),
+        });
     }
     match std::fs::metadata(cwd) {
         Ok(meta) if meta.is_dir() => Ok(cwd.to_string()),
-        Ok(_) => Err(CommandError::CwdNotDirectory { path: cwd.to_string() }),
-        Err(_) => Err(CommandError::CwdMissing { path: cwd.to_string() }),
+        Ok(_) => Err(CommandError::CwdNotDirectory {
+            path: cwd.to_string(),
+        }),
+        Err(_) => Err(CommandError::CwdMissing {
+            path: cwd.to_string(),
+        }),
     }
 }
 
@@ -188,12 +214,18 @@ mod tests {
     use super::*;
 
     fn user() -> RootUser {
-        RootUser { name: "root".into(), home: "/".into(), shell: "/bin/sh".into() }
+        RootUser {
+            name: "root".into(),
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+        }
     }
 
     fn argv_request(argv: &[&str]) -> ExecRequest {
         ExecRequest {
-            command: ExecCommand::Argv { argv: argv.iter().map(|s| s.to_string()).collect() },
+            command: ExecCommand::Argv {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+            },
             env: Vec::new(),
             cwd: None,
             timeout_ms: None,
@@ -204,7 +236,10 @@ mod tests {
 
     #[test]
     fn candidates_follow_path() {
-        assert_eq!(candidates("ls", "/bin:/usr/bin/"), ["/bin/ls", "/usr/bin/ls"]);
+        assert_eq!(
+            candidates("ls", "/bin:/usr/bin/"),
+            ["/bin/ls", "/usr/bin/ls"]
+        );
         assert_eq!(candidates("ls", ":/"), ["./ls", "/ls"]);
         assert_eq!(candidates("./x", "/bin"), ["./x"]);
         assert!(candidates("", "/bin").is_empty());
@@ -213,7 +248,9 @@ mod tests {
     #[test]
     fn login_runs_user_shell() {
         let mut request = argv_request(&[]);
-        request.command = ExecCommand::Login { command: "echo $HOME".into() };
+        request.command = ExecCommand::Login {
+            command: "echo $HOME".into(),
+        };
         let program = prepare_for(&request, &user()).unwrap();
         let argv: Vec<&str> = program.argv.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(argv, ["/bin/sh", "-l", "-c", "echo $HOME"]);
@@ -222,7 +259,10 @@ mod tests {
 
     #[test]
     fn env_pairs_override_base() {
-        let extra = vec![("PATH".to_string(), "/opt".to_string()), ("X".into(), "$(y)".into())];
+        let extra = vec![
+            ("PATH".to_string(), "/opt".to_string()),
+            ("X".into(), "$(y)".into()),
+        ];
         let env = environment(&user(), &extra).unwrap();
         assert_eq!(env.iter().filter(|(n, _)| n == "PATH").count(), 1);
         assert!(env.contains(&("PATH".into(), "/opt".into())));
@@ -249,6 +289,9 @@ mod tests {
         request.cwd = Some("/nonexistent-smolvm-dir".into());
         let err = prepare_for(&request, &user()).unwrap_err();
         assert_eq!(err.kind(), FailureKind::NotFound);
-        assert_eq!(err.to_string(), "working directory /nonexistent-smolvm-dir does not exist");
+        assert_eq!(
+            err.to_string(),
+            "working directory /nonexistent-smolvm-dir does not exist"
+        );
     }
 }

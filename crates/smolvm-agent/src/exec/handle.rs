@@ -84,19 +84,21 @@ impl ExecHandle {
         std::mem::take(&mut *self.lock())
     }
 
-    /// The descriptor to poll for updates.
+    /// Returns the descriptor to poll for updates.
     pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
         self.wake_read.as_fd()
     }
 
     fn update(&self, change: impl FnOnce(&mut Control)) {
         change(&mut self.lock());
-        // A full pipe already holds a pending wake-up, so a failed write
+        // A full pipe already contains a pending wake-up, so a failed write
         // loses nothing.
         let _ = (&self.wake_write).write(&[1]);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Control> {
-        self.control.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -39,7 +39,7 @@ use tree::ProcessTree;
 /// fill a whole output frame. The kernel may grant less.
 const PIPE_CAPACITY: libc::c_int = 256 * 1024;
 
-/// Why an exec could not start.
+/// Error that kept an exec from starting.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ExecError {
     #[error(transparent)]
@@ -84,7 +84,7 @@ pub(crate) fn start(session: &Arc<Session>, id: RequestId, request: ExecRequest)
 fn run(session: &Session, id: RequestId, request: &ExecRequest, handle: &Arc<ExecHandle>) {
     let result = execute(session, id, request, handle);
     // Unregister before the final frame, so a `Signal` that follows
-    // `Exited` is answered as an unknown request.
+    // `Exited` gets the unknown-request failure.
     session.unregister(id);
     match result {
         Ok(Some(exited)) => {
@@ -126,10 +126,18 @@ fn execute(
         .map_err(ExecError::Spawn)?;
     drop(child_ends);
 
-    let tree = ProcessTree { leader: pid, cgroup };
+    let tree = ProcessTree {
+        leader: pid,
+        cgroup,
+    };
     let timeout = request.timeout_ms.map(Duration::from_millis);
-    let outcome = match session.send(&Frame::new(Message::Started { id, pid: pid as u32 })) {
-        Ok(()) => Pump::new(session, id, handle, &tree, pipes, request.window, timeout).run().ok(),
+    let outcome = match session.send(&Frame::new(Message::Started {
+        id,
+        pid: pid as u32,
+    })) {
+        Ok(()) => Pump::new(session, id, handle, &tree, pipes, request.window, timeout)
+            .run()
+            .ok(),
         Err(_) => {
             tree.kill_all();
             None
@@ -155,7 +163,11 @@ fn open_pipes(with_stdin: bool) -> io::Result<(Pipes, [OwnedFd; 3])> {
     let (stdout_parent, stdout_child) = output_pipe()?;
     let (stderr_parent, stderr_child) = output_pipe()?;
 
-    let pipes = Pipes { stdout: stdout_parent, stderr: stderr_parent, stdin: stdin_parent };
+    let pipes = Pipes {
+        stdout: stdout_parent,
+        stderr: stderr_parent,
+        stdin: stdin_parent,
+    };
     Ok((pipes, [stdin_child, stdout_child, stderr_child]))
 }
 

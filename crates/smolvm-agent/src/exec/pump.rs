@@ -44,7 +44,8 @@ pub(crate) struct Pipes {
     pub(crate) stdin: Option<File>,
 }
 
-/// Why the loop stopped without an `Exited` frame.
+/// Marker for a loop that stopped without an `Exited` frame because the
+/// host is gone.
 #[derive(Debug)]
 pub(crate) struct Aborted;
 
@@ -107,6 +108,7 @@ impl<'a> Pump<'a> {
         loop {
             let control = self.handle.take();
             if let Err(aborted) = self.apply(control) {
+                log!("DEBUG exec {} aborted, killing {}", self.id.0, self.tree.leader);
                 self.tree.kill_all();
                 return Err(aborted);
             }
@@ -126,7 +128,10 @@ impl<'a> Pump<'a> {
             return Err(Aborted);
         }
         self.window = self.window.saturating_add(control.credit);
-        self.stdin_queue.extend(control.stdin);
+        // Stdin sent to an exec started without it goes nowhere.
+        if self.stdin.is_some() {
+            self.stdin_queue.extend(control.stdin);
+        }
         self.stdin_closed |= control.stdin_closed;
         for signal in control.signals {
             self.tree.signal(signal);
@@ -142,7 +147,9 @@ impl<'a> Pump<'a> {
     }
 
     fn enforce_timeout(&mut self) {
-        let Some(deadline) = self.deadline else { return };
+        let Some(deadline) = self.deadline else {
+            return;
+        };
         if self.exit.is_none() && !self.timed_out && Instant::now() >= deadline {
             self.tree.kill_all();
             self.timed_out = true;
@@ -163,7 +170,10 @@ impl<'a> Pump<'a> {
         let wanted = [
             (self.stdout.as_ref().filter(|_| can_read), libc::POLLIN),
             (self.stderr.as_ref().filter(|_| can_read), libc::POLLIN),
-            (self.stdin.as_ref().filter(|_| !self.stdin_queue.is_empty()), libc::POLLOUT),
+            (
+                self.stdin.as_ref().filter(|_| !self.stdin_queue.is_empty()),
+                libc::POLLOUT,
+            ),
         ];
         for (slot, (file, events)) in slots.iter_mut().zip(wanted) {
             if let Some(file) = file {
@@ -178,9 +188,6 @@ impl<'a> Pump<'a> {
             log!("exec {}: poll failed: {e}", self.id.0);
             std::thread::sleep(Duration::from_millis(10));
         }
-        if draining {
-            self.drain_left = self.drain_left.saturating_sub(before.elapsed());
-        }
 
         let ready = |slot: Option<usize>| slot.is_some_and(|i| fds[i].revents != 0);
         if ready(slots[0]) {
@@ -191,6 +198,12 @@ impl<'a> Pump<'a> {
         }
         if ready(slots[2]) {
             self.feed_stdin();
+        }
+
+        // Reading and sending count too, so a background process that
+        // keeps writing cannot stretch the drain.
+        if draining {
+            self.drain_left = self.drain_left.saturating_sub(before.elapsed());
         }
         Ok(())
     }
@@ -223,7 +236,12 @@ impl<'a> Pump<'a> {
                 return Ok(());
             }
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
                 return Ok(());
             }
             Err(e) => {
@@ -234,7 +252,13 @@ impl<'a> Pump<'a> {
         };
 
         self.window -= n as u64;
-        let frame = Frame::with_data(Message::Output { id: self.id, stream }, self.buf[..n].to_vec());
+        let frame = Frame::with_data(
+            Message::Output {
+                id: self.id,
+                stream,
+            },
+            self.buf[..n].to_vec(),
+        );
         self.session.send(&frame).map_err(|_| Aborted)
     }
 
@@ -265,7 +289,9 @@ impl<'a> Pump<'a> {
     }
 
     fn exited(&self) -> Message {
-        let (status, exited_at) = self.exit.unwrap_or((ExitStatus::Signal(TIMEOUT_SIGNAL), Instant::now()));
+        let (status, exited_at) = self
+            .exit
+            .unwrap_or((ExitStatus::Signal(TIMEOUT_SIGNAL), Instant::now()));
         let (exit_code, signal) = match status {
             _ if self.timed_out => (128 + TIMEOUT_SIGNAL, Some(TIMEOUT_SIGNAL)),
             ExitStatus::Code(code) => (code, None),

@@ -12,10 +12,12 @@
 //! touches is prepared in the parent.
 
 use std::ffi::{CStr, c_char};
-use std::io;
-use std::os::fd::RawFd;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::command::Program;
+use crate::sys;
 
 /// Descriptors the child gets as its stdin, stdout and stderr.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +36,9 @@ const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// `cgroup.procs` file) if given, and executes `program`. Returns the
 /// child's pid, which is also its process group and session id.
 ///
+/// Returns only after the child has its own session and cgroup, so that a
+/// kill of the process group right after this call cannot miss it.
+///
 /// The caller must keep every descriptor open until this returns, and must
 /// reap the child through the reaper.
 pub(crate) fn fork_exec(
@@ -43,19 +48,49 @@ pub(crate) fn fork_exec(
 ) -> io::Result<libc::pid_t> {
     let argv = null_terminated(&program.argv);
     let envp = null_terminated(&program.env);
+    let (ready_read, ready_write) = sys::pipe()?;
+    let setup = ChildSetup {
+        stdio,
+        cgroup_procs,
+        ready: ready_write.as_raw_fd(),
+    };
 
     // SAFETY: the child branch only calls `child`, which makes
     // async-signal-safe calls on data prepared above and never returns.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
+    let pid = match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
         // SAFETY: we are the freshly forked child, as `child` requires.
-        0 => unsafe { child(program, stdio, cgroup_procs, &argv, &envp) },
-        pid => Ok(pid),
+        0 => unsafe { child(program, &setup, &argv, &envp) },
+        pid => pid,
+    };
+
+    // The child writes one byte once it is set up; end-of-file means it
+    // died first. Either way it is safe to go on.
+    drop(ready_write);
+    let mut ready = File::from(ready_read);
+    let mut byte = [0u8; 1];
+    while let Err(e) = ready.read(&mut byte) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            break;
+        }
     }
+    Ok(pid)
+}
+
+/// Setup steps of the child before `execve`, prepared by the parent.
+struct ChildSetup<'a> {
+    stdio: ChildStdio,
+    cgroup_procs: Option<&'a CStr>,
+    /// Write end of the pipe that signals the parent once setup is done.
+    ready: RawFd,
 }
 
 fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 /// Body of the forked child.
@@ -66,11 +101,11 @@ fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
 /// null-terminated arrays of pointers into `program`'s strings.
 unsafe fn child(
     program: &Program,
-    stdio: ChildStdio,
-    cgroup_procs: Option<&CStr>,
+    setup: &ChildSetup<'_>,
     argv: &[*const c_char],
     envp: &[*const c_char],
 ) -> ! {
+    let stdio = setup.stdio;
     // SAFETY: each call is async-signal-safe and gets pointers to data that
     // the parent prepared and that stays valid in this copy of its memory.
     unsafe {
@@ -82,9 +117,11 @@ unsafe fn child(
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
         libc::setsid();
-        if let Some(procs) = cgroup_procs {
+        if let Some(procs) = setup.cgroup_procs {
             join_cgroup(procs);
         }
+        libc::write(setup.ready, b"1".as_ptr().cast(), 1);
+        libc::close(setup.ready);
 
         if !(redirect(stdio.stdin, 0) && redirect(stdio.stdout, 1) && redirect(stdio.stderr, 2)) {
             libc::_exit(EXIT_CANNOT_EXECUTE);
@@ -158,7 +195,10 @@ unsafe fn report_exec_failure(program: &Program, errno: i32) -> ! {
         libc::ENOENT if program.searched_path => (b"command not found\n", EXIT_NOT_FOUND),
         libc::ENOENT => (b"No such file or directory\n", EXIT_NOT_FOUND),
         libc::EACCES => (b"Permission denied\n", EXIT_CANNOT_EXECUTE),
-        libc::ENOEXEC => (b"cannot execute binary file: Exec format error\n", EXIT_CANNOT_EXECUTE),
+        libc::ENOEXEC => (
+            b"cannot execute binary file: Exec format error\n",
+            EXIT_CANNOT_EXECUTE,
+        ),
         libc::E2BIG => (b"Argument list too long\n", EXIT_CANNOT_EXECUTE),
         _ => {
             // SAFETY: write_error and _exit are async-signal-safe.
@@ -197,7 +237,13 @@ unsafe fn write_error(program: &Program, message: &[u8], errno: Option<i32>) {
         }
     }
 
-    for part in [b"smolvm: ".as_slice(), &program.name, b": ", message, &digits[start..]] {
+    for part in [
+        b"smolvm: ".as_slice(),
+        &program.name,
+        b": ",
+        message,
+        &digits[start..],
+    ] {
         // SAFETY: `part` is a valid slice; a short write only shortens the
         // message.
         unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };

@@ -24,7 +24,7 @@ use write::Upload;
 /// Largest `FileChunk` the agent sends.
 const FILE_CHUNK: usize = 128 * 1024;
 
-/// Why a file request failed.
+/// Error from a file request.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FileError {
     #[error("path {path} is not absolute")]
@@ -50,7 +50,11 @@ pub(crate) enum FileError {
 
 impl FileError {
     fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
-        move |source| Self::Io { action, path: path.display().to_string(), source }
+        move |source| Self::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     pub(crate) fn kind(&self) -> FailureKind {
@@ -82,7 +86,9 @@ fn absolute(path: &str) -> Result<PathBuf, FileError> {
     if path.starts_with('/') {
         Ok(PathBuf::from(path))
     } else {
-        Err(FileError::NotAbsolute { path: path.to_string() })
+        Err(FileError::NotAbsolute {
+            path: path.to_string(),
+        })
     }
 }
 
@@ -97,7 +103,9 @@ impl Uploads {
         self.open.contains_key(&id)
     }
 
-    /// Handles `WriteFile`: opens the temporary file.
+    /// Handles `WriteFile`: opens the temporary file. A failed start is
+    /// listed as `None` like a failed write, so the chunks and `FileEnd`
+    /// the host sent meanwhile are dropped quietly.
     pub(crate) fn begin(
         &mut self,
         session: &Session,
@@ -110,7 +118,10 @@ impl Uploads {
             Ok(upload) => {
                 self.open.insert(id, Some(upload));
             }
-            Err(e) => session.fail(id, e.kind(), Chain(&e)),
+            Err(e) => {
+                self.open.insert(id, None);
+                session.fail(id, e.kind(), Chain(&e));
+            }
         }
     }
 
@@ -136,13 +147,25 @@ impl Uploads {
             Some(None) => return,
             Some(Some(upload)) => upload,
         };
-        let session = session.clone();
-        std::thread::spawn(move || match upload.finish() {
-            Ok(bytes) => {
-                let _ = session.send(&Frame::new(Message::FileWritten { id, bytes }));
-            }
-            Err(e) => session.fail(id, e.kind(), Chain(&e)),
-        });
+        let thread_session = session.clone();
+        let finishing = std::thread::Builder::new()
+            .name(format!("write-{}", id.0))
+            .spawn(move || complete(&thread_session, id, upload));
+        if let Err(e) = finishing {
+            // The upload moved into the closure and was dropped with it,
+            // which removed the temporary file.
+            let message = format!("failed to start finishing the write: {e}");
+            session.fail(id, FailureKind::Internal, message);
+        }
+    }
+}
+
+fn complete(session: &Session, id: RequestId, upload: Upload) {
+    match upload.finish() {
+        Ok(bytes) => {
+            let _ = session.send(&Frame::new(Message::FileWritten { id, bytes }));
+        }
+        Err(e) => session.fail(id, e.kind(), Chain(&e)),
     }
 }
 

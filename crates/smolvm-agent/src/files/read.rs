@@ -37,14 +37,19 @@ impl ReadHandle {
     }
 
     fn lock(&self) -> MutexGuard<'_, ReadState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits for credit and returns it, or `None` once aborted.
     fn wait_for_credit(&self) -> Option<u64> {
         let mut state = self.lock();
         while state.credit == 0 && !state.aborted {
-            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         (!state.aborted).then_some(state.credit)
     }
@@ -62,16 +67,22 @@ pub(crate) fn start_read(session: &Arc<Session>, id: RequestId, path: String, wi
     session.register(id, Active::Read(handle.clone()));
 
     let thread_session = session.clone();
-    let spawned = std::thread::Builder::new().name(format!("read-{}", id.0)).spawn(move || {
-        let result = send_file(&thread_session, id, &path, &handle);
-        thread_session.unregister(id);
-        if let Err(e) = result {
-            thread_session.fail(id, e.kind(), Chain(&e));
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name(format!("read-{}", id.0))
+        .spawn(move || {
+            let result = send_file(&thread_session, id, &path, &handle);
+            thread_session.unregister(id);
+            if let Err(e) = result {
+                thread_session.fail(id, e.kind(), Chain(&e));
+            }
+        });
     if let Err(e) = spawned {
         session.unregister(id);
-        session.fail(id, FailureKind::Internal, format!("failed to start the read: {e}"));
+        session.fail(
+            id,
+            FailureKind::Internal,
+            format!("failed to start the read: {e}"),
+        );
     }
 }
 
@@ -86,7 +97,10 @@ fn send_file(
     handle: &ReadHandle,
 ) -> Result<(), FileError> {
     let (mut file, size, mode) = open_regular(path)?;
-    if session.send(&Frame::new(Message::FileInfo { id, size, mode })).is_err() {
+    if session
+        .send(&Frame::new(Message::FileInfo { id, size, mode }))
+        .is_err()
+    {
         return Ok(());
     }
 
@@ -100,7 +114,9 @@ fn send_file(
 
         let mut sent = 0;
         while sent < len {
-            let Some(credit) = handle.wait_for_credit() else { return Ok(()) };
+            let Some(credit) = handle.wait_for_credit() else {
+                return Ok(());
+            };
             let n = (len - sent).min(usize::try_from(credit).unwrap_or(usize::MAX));
             let frame = Frame::with_data(Message::FileChunk { id }, chunk[sent..sent + n].to_vec());
             if session.send(&frame).is_err() {
@@ -126,10 +142,14 @@ fn open_regular(path: &str) -> Result<(File, u64, u32), FileError> {
     let meta = file.metadata().map_err(FileError::io("inspect", &target))?;
 
     if meta.is_dir() {
-        return Err(FileError::IsDirectory { path: path.to_string() });
+        return Err(FileError::IsDirectory {
+            path: path.to_string(),
+        });
     }
     if !meta.is_file() {
-        return Err(FileError::NotRegularFile { path: path.to_string() });
+        return Err(FileError::NotRegularFile {
+            path: path.to_string(),
+        });
     }
     Ok((file, meta.len(), meta.permissions().mode() & 0o7777))
 }

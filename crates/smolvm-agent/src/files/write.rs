@@ -29,15 +29,23 @@ impl Upload {
     pub(crate) fn begin(path: &str, mode: u32, create_parents: bool) -> Result<Self, FileError> {
         let target = absolute(path)?;
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-            return Err(FileError::NoFileName { path: path.to_string() });
+            return Err(FileError::NoFileName {
+                path: path.to_string(),
+            });
         };
         if target.is_dir() {
-            return Err(FileError::IsDirectory { path: path.to_string() });
+            return Err(FileError::IsDirectory {
+                path: path.to_string(),
+            });
         }
         prepare_parent(parent, create_parents)?;
 
         let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
-        let temp_name = format!(".{}.smolvm-{}-{n}.tmp", name.to_string_lossy(), std::process::id());
+        let temp_name = format!(
+            ".{}.smolvm-{}-{n}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        );
         let temp = parent.join(temp_name);
         let file = OpenOptions::new()
             .write(true)
@@ -46,11 +54,20 @@ impl Upload {
             .open(&temp)
             .map_err(FileError::io("create", &temp))?;
 
-        Ok(Self { target, temp, file, mode: mode & 0o7777, bytes: 0, armed: true })
+        Ok(Self {
+            target,
+            temp,
+            file,
+            mode: mode & 0o7777,
+            bytes: 0,
+            armed: true,
+        })
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), FileError> {
-        self.file.write_all(data).map_err(FileError::io("write", &self.temp))?;
+        self.file
+            .write_all(data)
+            .map_err(FileError::io("write", &self.temp))?;
         self.bytes += data.len() as u64;
         Ok(())
     }
@@ -58,7 +75,9 @@ impl Upload {
     /// Syncs the data, applies the mode and renames the file into place.
     /// Returns the number of bytes written.
     pub(crate) fn finish(mut self) -> Result<u64, FileError> {
-        self.file.sync_all().map_err(FileError::io("sync", &self.temp))?;
+        self.file
+            .sync_all()
+            .map_err(FileError::io("sync", &self.temp))?;
         self.file
             .set_permissions(Permissions::from_mode(self.mode))
             .map_err(FileError::io("set the mode of", &self.temp))?;
@@ -88,10 +107,12 @@ fn prepare_parent(parent: &Path, create_parents: bool) -> Result<(), FileError> 
     }
     match fs::metadata(parent) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(FileError::ParentNotDirectory { path: parent.display().to_string() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(FileError::ParentMissing { path: parent.display().to_string() })
-        }
+        Ok(_) => Err(FileError::ParentNotDirectory {
+            path: parent.display().to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FileError::ParentMissing {
+            path: parent.display().to_string(),
+        }),
         Err(e) => Err(FileError::io("inspect", parent)(e)),
     }
 }

@@ -1,11 +1,15 @@
 //! Init mode: the agent as PID 1 of a sandbox.
 //!
-//! Boot steps, in order: mount `/dev`, `/proc` and `/sys` in the
-//! initramfs; load the kernel modules listed in `/modules/load.order`;
-//! mount the root disk and switch into it; mount the rest of the usual
-//! filesystems; start the reaper and a background `resize2fs`; apply the
-//! hostname and network from the kernel command line. Then the agent
-//! serves the host on the virtio-serial port until `Shutdown`.
+//! Boot steps, in order:
+//! 1. mount `/dev`, `/proc` and `/sys` in the initramfs,
+//! 2. load the kernel modules listed in `/modules/load.order`,
+//! 3. mount the root disk and switch into it,
+//! 4. mount the rest of the usual filesystems,
+//! 5. start the reaper and a background `resize2fs`,
+//! 6. apply the hostname and network from the kernel command line.
+//!
+//! Then the agent serves the host on the virtio-serial port until
+//! `Shutdown`.
 //!
 //! A failed required step powers the sandbox off after logging why:
 //! PID 1 must never exit, since the kernel panics when it does.
@@ -21,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::exec::{ChildStdio, Cgroups, Program, fork_exec};
+use crate::exec::{Cgroups, ChildStdio, Program, fork_exec};
 use crate::log::log;
 use crate::reaper::{self, ExitStatus};
 use crate::server;
@@ -29,13 +33,13 @@ use crate::session::{Chain, Mode, Settings};
 use crate::shutdown;
 use crate::sys;
 
-/// Where resize2fs may live in the root filesystem.
+/// Locations of resize2fs in the root filesystem.
 const RESIZE2FS_PATHS: [&str; 2] = ["/sbin/resize2fs", "/usr/sbin/resize2fs"];
 
 /// Parent of the per-exec cgroups.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup/smolvm";
 
-/// Why booting failed.
+/// Error from a required boot step.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum InitError {
     #[error("failed to mount {target}")]
@@ -45,7 +49,10 @@ pub(crate) enum InitError {
         source: io::Error,
     },
     #[error("root disk {device} did not appear within {waited_ms} ms")]
-    RootMissing { device: &'static str, waited_ms: u128 },
+    RootMissing {
+        device: &'static str,
+        waited_ms: u128,
+    },
     #[error("failed to switch to the root filesystem ({step})")]
     SwitchRoot {
         step: &'static str,
@@ -88,7 +95,10 @@ fn boot() -> Result<Settings, InitError> {
     let cgroups = Cgroups::new(Path::new(CGROUP_ROOT))
         .inspect_err(|e| log!("no per-exec cgroups, killing by session only: {e}"))
         .ok();
-    Ok(Settings { mode: Mode::Init, cgroups })
+    Ok(Settings {
+        mode: Mode::Init,
+        cgroups,
+    })
 }
 
 /// Starts `resize2fs` on the root disk in the background, so the
@@ -98,14 +108,20 @@ fn start_resize() {
     let Some(path) = RESIZE2FS_PATHS.into_iter().find(|p| Path::new(p).exists()) else {
         return;
     };
-    let Ok(program) = Program::helper(path, &[mounts::ROOT_DEVICE]) else { return };
+    let Ok(program) = Program::helper(path, &[mounts::ROOT_DEVICE]) else {
+        return;
+    };
     let null = match File::options().read(true).write(true).open("/dev/null") {
         Ok(null) => null,
         Err(e) => return log!("not resizing the root filesystem: opening /dev/null failed: {e}"),
     };
 
     let fd = null.as_raw_fd();
-    let stdio = ChildStdio { stdin: fd, stdout: fd, stderr: fd };
+    let stdio = ChildStdio {
+        stdin: fd,
+        stdout: fd,
+        stderr: fd,
+    };
     let on_exit = Box::new(|status| {
         if status != ExitStatus::Code(0) {
             log!("resize2fs {} failed: {status:?}", mounts::ROOT_DEVICE);

@@ -44,15 +44,18 @@ enum ModuleError {
     },
 }
 
-/// Loads every listed module. A module that fails is logged and skipped;
-/// a missing driver shows up later as a missing device, with this log
-/// line on the console to explain it.
+/// Loads every listed module. A module that fails is logged and skipped.
+/// A missing driver then shows up as a missing device, and this log line
+/// on the console explains why.
 pub(super) fn load_all() {
     let list = match fs::read_to_string(LOAD_ORDER) {
         Ok(list) => list,
         Err(e) => return log!("loading no kernel modules: reading {LOAD_ORDER} failed: {e}"),
     };
-    let names = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let names = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
     for name in names {
         if let Err(e) = load(&Path::new(MODULES_DIR).join(name)) {
             log!("{}", Chain(&e));
@@ -61,15 +64,27 @@ pub(super) fn load_all() {
 }
 
 fn load(path: &Path) -> Result<(), ModuleError> {
-    let file = File::open(path).map_err(|source| ModuleError::Open { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| ModuleError::Open {
+        path: path.into(),
+        source,
+    })?;
     let name = path.to_string_lossy();
     let compressed = COMPRESSED_EXTENSIONS.iter().any(|ext| name.ends_with(ext));
-    let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
 
     // SAFETY: finit_module takes an open descriptor, a NUL-terminated
     // parameter string (empty here) and integer flags.
     let ret = unsafe {
-        libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), flags)
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+        )
     };
     if ret == 0 {
         return Ok(());
@@ -79,8 +94,14 @@ fn load(path: &Path) -> Result<(), ModuleError> {
     match source.raw_os_error() {
         Some(libc::EEXIST) => Ok(()),
         Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOEXEC) if compressed => {
-            Err(ModuleError::Compressed { path: path.into(), source })
+            Err(ModuleError::Compressed {
+                path: path.into(),
+                source,
+            })
         }
-        _ => Err(ModuleError::Load { path: path.into(), source }),
+        _ => Err(ModuleError::Load {
+            path: path.into(),
+            source,
+        }),
     }
 }

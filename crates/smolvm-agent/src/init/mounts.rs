@@ -14,7 +14,7 @@ use crate::sys;
 /// The root disk: the first virtio block device.
 pub(super) const ROOT_DEVICE: &str = "/dev/vda";
 
-/// Where the root disk is mounted before it becomes `/`.
+/// Mount point of the root disk before it becomes `/`.
 const NEW_ROOT: &str = "/newroot";
 
 /// How long to wait for the root disk's device node after its driver
@@ -32,7 +32,13 @@ const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | li
 
 /// Mounts `/dev`, `/proc` and `/sys` in the initramfs.
 pub(super) fn mount_kernel_filesystems() -> Result<(), InitError> {
-    mount_required("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, Some("mode=0755"))?;
+    mount_required(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        libc::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     mount_required("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None)?;
     mount_required("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None)
 }
@@ -44,7 +50,10 @@ pub(super) fn mount_root() -> Result<(), InitError> {
     while !Path::new(ROOT_DEVICE).exists() {
         if start.elapsed() > ROOT_WAIT {
             let waited_ms = start.elapsed().as_millis();
-            return Err(InitError::RootMissing { device: ROOT_DEVICE, waited_ms });
+            return Err(InitError::RootMissing {
+                device: ROOT_DEVICE,
+                waited_ms,
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -58,8 +67,12 @@ pub(super) fn switch_root() -> Result<(), InitError> {
     for dir in KERNEL_MOUNTS {
         let target = new_root.join(&dir[1..]);
         let _ = fs::create_dir_all(&target);
-        sys::mount(Some(dir), &target, None, libc::MS_MOVE, None)
-            .map_err(|source| InitError::Mount { target: target.display().to_string(), source })?;
+        sys::mount(Some(dir), &target, None, libc::MS_MOVE, None).map_err(|source| {
+            InitError::Mount {
+                target: target.display().to_string(),
+                source,
+            }
+        })?;
     }
     free_initramfs();
 
@@ -74,12 +87,49 @@ pub(super) fn switch_root() -> Result<(), InitError> {
 /// and skipped: the sandbox still works without any one of them.
 pub(super) fn mount_runtime_filesystems() {
     let pts_options = "gid=5,mode=0620,ptmxmode=0666";
-    mount_optional("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some(pts_options));
-    mount_optional("tmpfs", "/dev/shm", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777"));
-    mount_optional("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755"));
-    mount_optional("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, None);
+    mount_optional(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(pts_options),
+    );
+    mount_optional(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=1777"),
+    );
+    mount_optional(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    );
+    mount_cgroup2();
     ensure_tmp();
     link_dev_fds();
+}
+
+/// Mounts cgroup v2 with `favordynmods` (Linux 6.0+) where supported:
+/// moving a process between cgroups then no longer waits for an RCU grace
+/// period, which made each exec's cgroup join take milliseconds.
+fn mount_cgroup2() {
+    let target = "/sys/fs/cgroup";
+    if mount_required(
+        "cgroup2",
+        target,
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        Some("favordynmods"),
+    )
+    .is_ok()
+    {
+        return;
+    }
+    mount_optional("cgroup2", target, "cgroup2", NOSUID_NODEV_NOEXEC, None);
 }
 
 fn mount_required(
@@ -94,7 +144,10 @@ fn mount_required(
         Ok(()) => Ok(()),
         // Already mounted (by the kernel, or by an earlier agent start).
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        Err(source) => Err(InitError::Mount { target: target.to_string(), source }),
+        Err(source) => Err(InitError::Mount {
+            target: target.to_string(),
+            source,
+        }),
     }
 }
 
@@ -134,7 +187,9 @@ fn link_dev_fds() {
     ];
     for (target, link) in links {
         match std::os::unix::fs::symlink(target, link) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => log!("linking {link} failed: {e}"),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                log!("linking {link} failed: {e}")
+            }
             _ => {}
         }
     }
@@ -147,8 +202,12 @@ fn free_initramfs() {
     if !matches!(filesystem_magic("/"), Some(RAMFS_MAGIC | TMPFS_MAGIC)) {
         return;
     }
-    let Ok(root) = fs::symlink_metadata("/") else { return };
-    let Ok(entries) = fs::read_dir("/") else { return };
+    let Ok(root) = fs::symlink_metadata("/") else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir("/") else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.path() != Path::new(NEW_ROOT) {
             remove_tree(&entry.path(), root.dev());
@@ -157,7 +216,9 @@ fn free_initramfs() {
 }
 
 fn remove_tree(path: &Path, device: u64) {
-    let Ok(meta) = fs::symlink_metadata(path) else { return };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
     if meta.dev() != device {
         return;
     }

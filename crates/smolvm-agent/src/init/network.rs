@@ -76,13 +76,18 @@ pub(super) fn configure(cmdline: &Cmdline) {
 fn set_hostname(name: &str) {
     let valid = !name.is_empty()
         && name.len() <= MAX_HOSTNAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if !valid {
         return log!("ignoring invalid hostname {name:?}");
     }
     // SAFETY: the pointer and length describe `name`'s bytes.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
-        log!("setting the hostname failed: {}", io::Error::last_os_error());
+        log!(
+            "setting the hostname failed: {}",
+            io::Error::last_os_error()
+        );
     }
     if let Err(e) = fs::write("/etc/hostname", format!("{name}\n")) {
         log!("writing /etc/hostname failed: {e}");
@@ -114,7 +119,7 @@ fn configure_eth0(socket: &OwnedFd) -> io::Result<()> {
 fn inet_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket takes plain integers.
     let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: socket succeeded, so `fd` is open and owned by nobody else.
+    // SAFETY: socket succeeded, so `fd` is open and has no other owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -123,7 +128,11 @@ fn interface_request(name: &str) -> libc::ifreq {
     // structs), for which all zeroes is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     // Names are short constants; the last byte stays NUL.
-    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (slot, byte) in request
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *slot = byte as libc::c_char;
     }
     request
@@ -133,7 +142,9 @@ fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     let inet = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(address).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(address).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr are both 16-byte plain structs, and
@@ -141,7 +152,12 @@ fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
 }
 
-fn set_address(socket: &OwnedFd, name: &str, request: libc::c_ulong, address: Ipv4Addr) -> io::Result<()> {
+fn set_address(
+    socket: &OwnedFd,
+    name: &str,
+    request: libc::c_ulong,
+    address: Ipv4Addr,
+) -> io::Result<()> {
     let mut ifreq = interface_request(name);
     ifreq.ifr_ifru.ifru_addr = sockaddr(address);
     // SAFETY: `ifreq` is a valid ifreq that outlives the call; SIOCSIFADDR
@@ -154,7 +170,7 @@ fn set_up(socket: &OwnedFd, name: &str) -> io::Result<()> {
     // SAFETY: `ifreq` is a valid, writable ifreq; SIOCGIFFLAGS fills in
     // its flags.
     cvt(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifreq) })?;
-    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union contains the flags.
     let flags = unsafe { ifreq.ifr_ifru.ifru_flags };
     ifreq.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
     // SAFETY: `ifreq` is a valid ifreq; SIOCSIFFLAGS reads name and flags.
@@ -183,11 +199,20 @@ mod tests {
     #[test]
     fn cmdline_reads_smolvm_settings() {
         let cmdline = Cmdline::parse("console=ttyS0 quiet smolvm.hostname=box-1 smolvm.net=1");
-        assert_eq!(cmdline, Cmdline { hostname: Some("box-1".into()), network: true });
+        assert_eq!(
+            cmdline,
+            Cmdline {
+                hostname: Some("box-1".into()),
+                network: true
+            }
+        );
     }
 
     #[test]
     fn cmdline_without_settings_is_default() {
-        assert_eq!(Cmdline::parse("console=ttyS0 smolvm.net=0"), Cmdline::default());
+        assert_eq!(
+            Cmdline::parse("console=ttyS0 smolvm.net=0"),
+            Cmdline::default()
+        );
     }
 }

@@ -26,7 +26,12 @@ fn login_expands_home() {
     let mut client = agent.connect();
 
     let result = client.exec(login("echo $HOME"));
-    assert_eq!(result.exit_code, Some(0), "stderr: {}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(
+        result.exit_code,
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     assert_eq!(result.stdout_text(), format!("{}\n", root_home()));
 }
 
@@ -70,7 +75,8 @@ fn env_base_is_clean() {
     let mut client = agent.connect();
 
     let result = client.exec(argv(&["printenv", "PATH", "LANG", "TERM"]));
-    let expected = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nC.UTF-8\nxterm-256color\n";
+    let expected =
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nC.UTF-8\nxterm-256color\n";
     assert_eq!(result.stdout_text(), expected);
 }
 
@@ -93,7 +99,10 @@ fn cwd_is_applied() {
     let mut request = argv(&["pwd"]);
     request.cwd = Some(agent.dir.path().to_str().unwrap().to_string());
     let result = client.exec(request);
-    assert_eq!(result.stdout_text(), format!("{}\n", agent.dir.path().display()));
+    assert_eq!(
+        result.stdout_text(),
+        format!("{}\n", agent.dir.path().display())
+    );
 }
 
 #[test]
@@ -107,7 +116,10 @@ fn cwd_missing_fails_before_start() {
     assert_eq!(result.pid, None, "nothing may start");
     let (kind, message) = result.failure.expect("request should fail");
     assert_eq!(kind, FailureKind::NotFound);
-    assert_eq!(message, "working directory /x/smolvm-missing does not exist");
+    assert_eq!(
+        message,
+        "working directory /x/smolvm-missing does not exist"
+    );
 }
 
 #[test]
@@ -121,7 +133,10 @@ fn exit_codes_follow_shell_rules() {
     let missing = client.exec(argv(&["smolvm-no-such-command"]));
     assert_eq!(missing.exit_code, Some(127));
     let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert_eq!(stderr, "smolvm: smolvm-no-such-command: command not found\n");
+    assert_eq!(
+        stderr,
+        "smolvm: smolvm-no-such-command: command not found\n"
+    );
 
     let killed = client.exec(login("kill -9 $$"));
     assert_eq!(killed.exit_code, Some(137));
@@ -193,15 +208,23 @@ fn background_child_does_not_hold_exec() {
     let agent = Agent::start();
     let mut client = agent.connect();
 
-    let result = client.exec(login("sleep 30.31 & echo started"));
+    let seconds = crate::harness::unique_seconds(30, 1);
+    let result = client.exec(login(&format!("sleep {seconds} & echo started")));
     assert_eq!(result.stdout_text(), "started\n");
     assert_eq!(result.exit_code, Some(0));
-    assert!(result.elapsed < Duration::from_secs(2), "took {:?}", result.elapsed);
+    assert!(
+        result.elapsed < Duration::from_secs(2),
+        "took {:?}",
+        result.elapsed
+    );
 
-    let sleepers = crate::harness::processes_running(&["sleep", "30.31"]);
+    let sleepers = crate::harness::processes_running(&["sleep", &seconds]);
     assert_eq!(sleepers.len(), 1, "the background sleep keeps running");
     for pid in sleepers {
-        let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status();
     }
 }
 
@@ -218,8 +241,14 @@ fn two_execs_run_at_once() {
 
     assert_eq!(results[&slow].stdout_text(), "slow\n");
     assert_eq!(results[&fast].stdout_text(), "fast\n");
-    assert!(results[&fast].elapsed < results[&slow].elapsed, "the fast exec finished first");
-    assert!(results[&slow].elapsed < Duration::from_secs(3), "execs ran concurrently");
+    assert!(
+        results[&fast].elapsed < results[&slow].elapsed,
+        "the fast exec finished first"
+    );
+    assert!(
+        results[&slow].elapsed < Duration::from_secs(3),
+        "execs ran concurrently"
+    );
 }
 
 #[test]
@@ -236,8 +265,35 @@ fn duplicate_request_id_rejected() {
         _ => frame,
     };
     assert!(
-        matches!(frame.message, Message::Failed { kind: FailureKind::InvalidRequest, .. }),
+        matches!(
+            frame.message,
+            Message::Failed {
+                kind: FailureKind::InvalidRequest,
+                ..
+            }
+        ),
         "got {:?}",
         frame.message
     );
+}
+
+#[test]
+fn flooding_background_child_bounded() {
+    let agent = Agent::start();
+    let mut client = agent.connect();
+
+    // `yes` keeps the pipes busy after the shell exits; the drain window
+    // still ends the exec, and closing the pipe stops `yes` with SIGPIPE.
+    let marker = format!("smolvm-flood-{}", std::process::id());
+    let result = client.exec(login(&format!("yes {marker} & sleep 0.2")));
+    assert_eq!(result.exit_code, Some(0));
+    assert!(
+        result.elapsed < Duration::from_secs(3),
+        "took {:?}",
+        result.elapsed
+    );
+    assert!(!result.stdout.is_empty());
+
+    let left = crate::harness::wait_until_gone(&["yes", &marker], Duration::from_secs(2));
+    assert!(left.is_empty(), "yes still running: {left:?}");
 }

@@ -15,7 +15,7 @@ use smolvm_protocol::{
     write_frame,
 };
 
-/// Longest a test waits for any one frame before failing.
+/// Maximum wait for any one frame before a test fails.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
@@ -26,7 +26,8 @@ pub(crate) struct TempDir(PathBuf);
 impl TempDir {
     pub(crate) fn new() -> Self {
         let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("smolvm-agent-test-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("smolvm-agent-test-{}-{n}", std::process::id()));
         fs::create_dir_all(&path).unwrap();
         Self(path.canonicalize().unwrap())
     }
@@ -71,14 +72,27 @@ impl Agent {
         let agent = Self { child, dir, socket };
         let start = Instant::now();
         while !agent.socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "agent socket never appeared");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent socket never appeared"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         agent
     }
 
+    /// Connects, retrying while the agent is between `bind` and `listen`.
     pub(crate) fn connect(&self) -> Client {
-        let stream = UnixStream::connect(&self.socket).expect("failed to connect to the agent");
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(stream) => break stream,
+                Err(e) if start.elapsed() > Duration::from_secs(10) => {
+                    panic!("failed to connect to the agent: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
         stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
         Client { stream, next_id: 1 }
     }
@@ -123,7 +137,7 @@ pub(crate) struct ExecResult {
     pub(crate) signal: Option<i32>,
     pub(crate) timed_out: bool,
     pub(crate) duration_ms: u64,
-    /// Set instead of an exit when the agent answered `Failed`.
+    /// Set instead of an exit when the agent replied `Failed`.
     pub(crate) failure: Option<(FailureKind, String)>,
     /// Time from sending the request to the final frame.
     pub(crate) elapsed: Duration,
@@ -146,7 +160,8 @@ impl Client {
     }
 
     pub(crate) fn send_data(&mut self, message: Message, data: Vec<u8>) {
-        write_frame(&mut self.stream, &Frame::with_data(message, data)).expect("failed to send a frame");
+        write_frame(&mut self.stream, &Frame::with_data(message, data))
+            .expect("failed to send a frame");
     }
 
     /// Writes raw bytes, for malformed frames.
@@ -157,6 +172,19 @@ impl Client {
 
     pub(crate) fn recv(&mut self) -> Frame {
         read_frame(&mut self.stream).expect("failed to read a frame from the agent")
+    }
+
+    /// Returns the next frame if one starts arriving within `wait`.
+    pub(crate) fn try_recv(&mut self, wait: Duration) -> Option<Frame> {
+        use std::os::fd::AsRawFd;
+        let mut fds = [libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.as_millis() as libc::c_int) };
+        (ready > 0).then(|| self.recv())
     }
 
     /// Runs one exec to its end, granting credit for every output byte.
@@ -179,7 +207,11 @@ impl Client {
         while !open.is_empty() {
             let frame = self.recv();
             let id = frame.message.id().expect("exec frames carry an id");
-            assert!(ids.contains(&id), "frame for an unexpected request: {:?}", frame.message);
+            assert!(
+                ids.contains(&id),
+                "frame for an unexpected request: {:?}",
+                frame.message
+            );
             let result = results.entry(id).or_default();
             if record(result, frame, &mut self.stream) {
                 result.elapsed = start.elapsed();
@@ -202,7 +234,13 @@ fn record(result: &mut ExecResult, frame: Frame, stream: &mut UnixStream) -> boo
             }
             write_frame(stream, &Frame::new(Message::Credit { id, bytes })).unwrap();
         }
-        Message::Exited { exit_code, signal, timed_out, duration_ms, .. } => {
+        Message::Exited {
+            exit_code,
+            signal,
+            timed_out,
+            duration_ms,
+            ..
+        } => {
             result.exit_code = Some(exit_code);
             result.signal = signal;
             result.timed_out = timed_out;
@@ -218,14 +256,18 @@ fn record(result: &mut ExecResult, frame: Frame, stream: &mut UnixStream) -> boo
     false
 }
 
-/// A request to run `command` through the login shell.
+/// Builds a request to run `command` through the login shell.
 pub(crate) fn login(command: &str) -> ExecRequest {
-    request(ExecCommand::Login { command: command.to_string() })
+    request(ExecCommand::Login {
+        command: command.to_string(),
+    })
 }
 
-/// A request to run `argv` directly.
+/// Builds a request to run `argv` directly.
 pub(crate) fn argv(argv: &[&str]) -> ExecRequest {
-    request(ExecCommand::Argv { argv: argv.iter().map(|s| s.to_string()).collect() })
+    request(ExecCommand::Argv {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+    })
 }
 
 fn request(command: ExecCommand) -> ExecRequest {
@@ -239,12 +281,22 @@ fn request(command: ExecCommand) -> ExecRequest {
     }
 }
 
+/// A `sleep` duration in seconds that no other test run uses, so the
+/// process can be found by its argv: `<whole>.<pid><tag>`.
+pub(crate) fn unique_seconds(whole: u32, tag: u32) -> String {
+    format!("{whole}.{}{tag}", std::process::id())
+}
+
 /// Pids of live (non-zombie) processes whose argv is exactly `args`.
 pub(crate) fn processes_running(args: &[&str]) -> Vec<u32> {
     let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         // A zombie's cmdline is empty, so it never matches.

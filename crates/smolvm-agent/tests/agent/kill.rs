@@ -7,24 +7,42 @@ use std::time::{Duration, Instant};
 
 use smolvm_protocol::{FailureKind, Message, OutputStream, RequestId};
 
-use crate::harness::{Agent, Client, TempDir, argv, login, pseudo_random_bytes, wait_until_gone};
+use crate::harness::{
+    Agent, Client, TempDir, argv, login, pseudo_random_bytes, unique_seconds, wait_until_gone,
+};
 
 #[test]
 fn timeout_kills_every_process() {
     let agent = Agent::start();
     let mut client = agent.connect();
 
-    let mut request = login("echo before; sleep 300.21 & sleep 300.22");
-    request.timeout_ms = Some(1000);
+    // `sh -c` rather than a login shell: it reaches `echo` well before the
+    // timeout even on a loaded machine.
+    let (first, second) = (unique_seconds(300, 1), unique_seconds(300, 2));
+    let script = format!("echo before; sleep {first} & sleep {second}");
+    let mut request = argv(&["sh", "-c", &script]);
+    request.timeout_ms = Some(1500);
     let result = client.exec(request);
 
     assert!(result.timed_out);
     assert_eq!(result.exit_code, Some(137));
     assert_eq!(result.signal, Some(9));
-    assert_eq!(result.stdout_text(), "before\n", "output before the timeout is kept");
-    assert!(result.elapsed < Duration::from_secs(3), "took {:?}", result.elapsed);
-    for args in [["sleep", "300.21"], ["sleep", "300.22"]] {
-        assert_eq!(wait_until_gone(&args, Duration::from_secs(1)), Vec::<u32>::new(), "{args:?} survived");
+    assert_eq!(
+        result.stdout_text(),
+        "before\n",
+        "output before the timeout is kept"
+    );
+    assert!(
+        result.elapsed < Duration::from_millis(3500),
+        "took {:?}",
+        result.elapsed
+    );
+    for args in [["sleep", first.as_str()], ["sleep", second.as_str()]] {
+        assert_eq!(
+            wait_until_gone(&args, Duration::from_secs(1)),
+            Vec::<u32>::new(),
+            "{args:?} survived"
+        );
     }
 
     let after = client.exec(argv(&["echo", "still usable"]));
@@ -37,9 +55,15 @@ fn signal_reaches_process_group() {
     let mut client = agent.connect();
     let id = client.next_id();
 
-    client.start_exec(id, login("trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done"));
+    client.start_exec(
+        id,
+        login("trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done"),
+    );
     wait_for_stdout(&mut client, id, "ready\n");
-    client.send(Message::Signal { id, signal: libc::SIGTERM });
+    client.send(Message::Signal {
+        id,
+        signal: libc::SIGTERM,
+    });
     let result = client.collect(&[id]).remove(&id).unwrap();
 
     assert_eq!(result.stdout_text(), "got TERM\n");
@@ -51,10 +75,19 @@ fn signal_for_unknown_exec_fails() {
     let agent = Agent::start();
     let mut client = agent.connect();
 
-    client.send(Message::Signal { id: RequestId(999), signal: libc::SIGKILL });
+    client.send(Message::Signal {
+        id: RequestId(999),
+        signal: libc::SIGKILL,
+    });
     let frame = client.recv();
     assert!(
-        matches!(frame.message, Message::Failed { kind: FailureKind::UnknownRequest, .. }),
+        matches!(
+            frame.message,
+            Message::Failed {
+                kind: FailureKind::UnknownRequest,
+                ..
+            }
+        ),
         "got {:?}",
         frame.message
     );
@@ -80,13 +113,23 @@ fn large_output_arrives_whole_within_window() {
         let frame = client.recv();
         match frame.message {
             Message::Started { .. } => {}
-            Message::Output { stream: OutputStream::Stdout, .. } => {
+            Message::Output {
+                stream: OutputStream::Stdout,
+                ..
+            } => {
                 stdout.extend_from_slice(&frame.data);
                 assert!(stdout.len() as u64 <= granted, "agent sent past its window");
-                assert!(frame.data.len() <= 128 * 1024, "chunk of {} bytes", frame.data.len());
+                assert!(
+                    frame.data.len() <= 128 * 1024,
+                    "chunk of {} bytes",
+                    frame.data.len()
+                );
                 // Grant in batches, as a host reading in large blocks does.
                 if granted - stdout.len() as u64 <= window / 2 {
-                    client.send(Message::Credit { id, bytes: window / 2 });
+                    client.send(Message::Credit {
+                        id,
+                        bytes: window / 2,
+                    });
                     granted += window / 2;
                 }
             }
@@ -113,19 +156,21 @@ fn spent_window_stalls_output() {
     let received = read_output_for(&mut client, id, Duration::from_millis(500));
     assert_eq!(received, 1000, "exactly the window is sent, then nothing");
 
-    client.send(Message::Signal { id, signal: libc::SIGKILL });
+    client.send(Message::Signal {
+        id,
+        signal: libc::SIGKILL,
+    });
     let start = Instant::now();
-    loop {
-        match client.recv().message {
-            Message::Exited { exit_code, signal, .. } => {
-                assert_eq!((exit_code, signal), (137, Some(9)));
-                break;
-            }
-            Message::Output { .. } => panic!("output past the window"),
-            other => panic!("unexpected frame {other:?}"),
-        }
+    match client.recv().message {
+        Message::Exited {
+            exit_code, signal, ..
+        } => assert_eq!((exit_code, signal), (137, Some(9))),
+        other => panic!("expected Exited and no output past the window, got {other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(2), "a killed exec ends without credit");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a killed exec ends without credit"
+    );
 }
 
 #[test]
@@ -137,13 +182,18 @@ fn cgroup_catches_new_sessions() {
     let agent = Agent::start_with(&[OsStr::new("--cgroup-root"), cgroup.path.as_os_str()]);
     let mut client = agent.connect();
 
-    let mut request = login("setsid sleep 300.51 & sleep 300.52");
+    let (first, second) = (unique_seconds(300, 3), unique_seconds(300, 4));
+    let mut request = login(&format!("setsid sleep {first} & sleep {second}"));
     request.timeout_ms = Some(500);
     let result = client.exec(request);
 
     assert!(result.timed_out);
-    for args in [["sleep", "300.51"], ["sleep", "300.52"]] {
-        assert_eq!(wait_until_gone(&args, Duration::from_secs(1)), Vec::<u32>::new(), "{args:?} survived");
+    for args in [["sleep", first.as_str()], ["sleep", second.as_str()]] {
+        assert_eq!(
+            wait_until_gone(&args, Duration::from_secs(1)),
+            Vec::<u32>::new(),
+            "{args:?} survived"
+        );
     }
 }
 
@@ -151,13 +201,9 @@ fn cgroup_catches_new_sessions() {
 fn read_output_for(client: &mut Client, id: RequestId, period: Duration) -> usize {
     let start = Instant::now();
     let mut received = 0;
-    let (reader, stop) = std::sync::mpsc::channel::<()>();
-    drop(stop);
-    let _ = reader;
     while start.elapsed() < period {
-        let frame = match client.try_recv(Duration::from_millis(50)) {
-            Some(frame) => frame,
-            None => continue,
+        let Some(frame) = client.try_recv(Duration::from_millis(50)) else {
+            continue;
         };
         match frame.message {
             Message::Started { .. } => {}
@@ -175,9 +221,15 @@ fn wait_for_stdout(client: &mut Client, id: RequestId, expected: &str) {
         let frame = client.recv();
         match frame.message {
             Message::Started { .. } => {}
-            Message::Output { id: frame_id, stream: OutputStream::Stdout } if frame_id == id => {
+            Message::Output {
+                id: frame_id,
+                stream: OutputStream::Stdout,
+            } if frame_id == id => {
                 stdout.extend_from_slice(&frame.data);
-                client.send(Message::Credit { id, bytes: frame.data.len() as u64 });
+                client.send(Message::Credit {
+                    id,
+                    bytes: frame.data.len() as u64,
+                });
             }
             other => panic!("unexpected frame {other:?}"),
         }
@@ -196,7 +248,10 @@ impl TestCgroup {
         let mount = cgroup2_mount()?;
         let path = mount.join(format!("smolvm-agent-test-{}", std::process::id()));
         fs::create_dir(&path).ok()?;
-        Some(Self { path, _scratch: TempDir::new() })
+        Some(Self {
+            path,
+            _scratch: TempDir::new(),
+        })
     }
 }
 

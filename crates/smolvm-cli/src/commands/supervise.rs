@@ -15,6 +15,11 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> ExitCode {
     let ready = args.ready_fd.filter(|fd| *fd > 2).map(|fd| {
+        // Keep the descriptor out of the VMM and slirp4netns: a copy held
+        // open there would keep the engine waiting for the end of the pipe.
+        // SAFETY: fcntl on a descriptor number has no memory-safety
+        // preconditions; a bad number only yields EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         // SAFETY: the engine passes a pipe it opened as this descriptor
         // and nothing else in this process owns it.
         unsafe { OwnedFd::from_raw_fd(fd) }

@@ -71,6 +71,11 @@ pub(crate) fn run(args: &[&str]) -> Output {
     smolvm().args(args).output().expect("smolvm runs")
 }
 
+/// Runs `smolvm ARGS` on the data directory `data_dir` instead.
+pub(crate) fn run_in(data_dir: &Path, args: &[&str]) -> Output {
+    smolvm().env("SMOLVM_DATA_DIR", data_dir).args(args).output().expect("smolvm runs")
+}
+
 pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

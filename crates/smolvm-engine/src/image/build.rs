@@ -6,13 +6,21 @@
 //!
 //! | part | file | inputs |
 //! |---|---|---|
-//! | kernel | `vmlinuz-<release>` | kernel package version |
+//! | kernel | `vmlinuz-<release>-<fp>` | kernel package version |
 //! | initramfs | `initrd-<fp>.img` | kernel, agent binary hash, module list |
-//! | root filesystem | `rootfs-<fp>.ext4` | suite, package list |
+//! | root filesystem | `rootfs-<fp>-<build time>.ext4` | suite, package list |
 //!
 //! A new agent binary therefore rebuilds only the initramfs. Measured on a
-//! 2-core host: about 2 s for a new agent (most of it unpacking the kernel
-//! package for its modules), 30-45 s for a new root filesystem.
+//! 2-core host, that takes about 2 s (most of it unpacking the kernel
+//! package for its modules), and a new root filesystem 30-45 s.
+//!
+//! A build never changes the contents of a file that an earlier manifest
+//! named. Kernel and initramfs files are reproducible from their
+//! fingerprints, and every root filesystem build gets a new name, because
+//! mkfs output and the packages fetched differ between runs. Stopped
+//! sandboxes, whose saved QEMU arguments and overlay backing files name
+//! these paths, therefore start again unchanged. `ImageStore::prune`
+//! removes the files that no sandbox uses.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,9 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::agent::check_static_elf;
 use super::fingerprint::{hash_file, short};
 use super::kernel::{self, KernelPackage, UnpackedKernel};
-use super::manifest::{
-    InitrdPart, KernelPart, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, RootfsPart,
-};
+use super::manifest::{InitrdPart, KernelPart, MANIFEST_FORMAT, Manifest, RootfsPart};
 use super::reference::DEFAULT_IMAGE;
 use super::rootfs::{self, RootfsBuild};
 use super::staging::{self, StagingDir};
@@ -66,7 +72,6 @@ struct Plan {
     agent_sha256: String,
     initrd: String,
     rootfs: String,
-    image: String,
 }
 
 impl Plan {
@@ -76,14 +81,12 @@ impl Plan {
         let agent_sha256 = hash_file(agent)?;
         let initrd = initramfs::fingerprint(&kernel, &agent_sha256);
         let rootfs = rootfs::fingerprint();
-        let image = Manifest::combined_fingerprint(&kernel, &initrd, &rootfs);
         Ok(Self {
             kernel_package,
             kernel,
             agent_sha256,
             initrd,
             rootfs,
-            image,
         })
     }
 }
@@ -97,24 +100,26 @@ struct Reusable {
 }
 
 impl Reusable {
-    fn find(plan: &Plan, previous: Option<Manifest>, dir: &Path) -> Self {
+    fn find(plan: &Plan, previous: Option<&Manifest>, dir: &Path) -> Self {
         let Some(previous) = previous else {
             return Self::default();
         };
         let usable = |fingerprint: &str, expected: &str, file: &str| {
             fingerprint == expected && dir.join(file).is_file()
         };
-        let Manifest {
-            kernel,
-            initrd,
-            rootfs,
-            ..
-        } = previous;
+        let (kernel, initrd, rootfs) = (&previous.kernel, &previous.initrd, &previous.rootfs);
         Self {
-            kernel: Some(kernel).filter(|k| usable(&k.fingerprint, &plan.kernel, &k.file)),
-            initrd: Some(initrd).filter(|i| usable(&i.fingerprint, &plan.initrd, &i.file)),
-            rootfs: Some(rootfs).filter(|r| usable(&r.fingerprint, &plan.rootfs, &r.file)),
+            kernel: Some(kernel.clone())
+                .filter(|_| usable(&kernel.fingerprint, &plan.kernel, &kernel.file)),
+            initrd: Some(initrd.clone())
+                .filter(|_| usable(&initrd.fingerprint, &plan.initrd, &initrd.file)),
+            rootfs: Some(rootfs.clone())
+                .filter(|_| usable(&rootfs.fingerprint, &plan.rootfs, &rootfs.file)),
         }
+    }
+
+    fn everything(&self) -> bool {
+        self.kernel.is_some() && self.initrd.is_some() && self.rootfs.is_some()
     }
 }
 
@@ -166,8 +171,8 @@ impl ImageStore {
     ///
     /// Even with nothing to do it runs `apt-cache` and hashes the agent
     /// (about 0.5 s), so callers should try `resolve` first. Concurrent
-    /// builds, in this process or others, wait for each other. Superseded
-    /// files are removed, but running sandboxes keep the ones they have open.
+    /// builds, in this process or others, wait for each other. Files of
+    /// earlier builds stay in place for the sandboxes that use them.
     pub fn build_default(
         &self,
         opts: &BuildOptions,
@@ -195,24 +200,28 @@ impl ImageStore {
         } else {
             previous_manifest(&dir)
         };
-        let up_to_date = previous
-            .as_ref()
-            .filter(|m| m.fingerprint == plan.image && m.missing_file(&dir).is_none());
-        if let Some(manifest) = up_to_date {
+        let reusable = Reusable::find(&plan, previous.as_ref(), &dir);
+        if let (Some(manifest), true) = (&previous, reusable.everything()) {
             reporter.summary(format!(
                 "image default is up to date (fingerprint {})",
-                short(&plan.image)
+                short(&manifest.fingerprint)
             ));
             return Ok(boot_image(&dir, manifest));
         }
 
-        let reusable = Reusable::find(&plan, previous, &dir);
+        if reusable.rootfs.is_none() {
+            // Fail before downloading anything.
+            rootfs::check_root()?;
+        }
         let staging = StagingDir::create(self.images_dir())?;
         let build = Build {
             store: self,
             plan: &plan,
             opts,
             staging: staging.path(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         let (kernel, unpacked) =
             build.kernel(&mut reporter, reusable.kernel, reusable.initrd.is_some())?;
@@ -246,6 +255,8 @@ struct Build<'a> {
     plan: &'a Plan,
     opts: &'a BuildOptions,
     staging: &'a Path,
+    /// Build time, in seconds since the Unix epoch.
+    started_unix: u64,
 }
 
 impl Build<'_> {
@@ -273,7 +284,7 @@ impl Build<'_> {
             return Ok((part, Some(unpacked)));
         }
 
-        let file = format!("vmlinuz-{}", unpacked.release);
+        let file = format!("vmlinuz-{}-{}", unpacked.release, short(&self.plan.kernel));
         let target = self.staging.join(&file);
         std::fs::copy(&unpacked.vmlinuz, &target)
             .map_err(ImageError::io("copy the kernel to", &target))?;
@@ -331,7 +342,11 @@ impl Build<'_> {
         let cache = self.store.cache_dir();
         let log_dir = cache.join("logs");
         std::fs::create_dir_all(&log_dir).map_err(ImageError::io("create", &log_dir))?;
-        let file = format!("rootfs-{}.ext4", short(&self.plan.rootfs));
+        let file = format!(
+            "rootfs-{}-{}.ext4",
+            short(&self.plan.rootfs),
+            self.started_unix
+        );
         RootfsBuild {
             tree: &self.staging.join("rootfs"),
             image: &self.staging.join(&file),
@@ -349,7 +364,7 @@ impl Build<'_> {
     }
 
     /// Step 4. Moves new files into the image folder, then writes the
-    /// manifest, then removes files the manifest no longer names.
+    /// manifest. Files of earlier builds stay until `prune` removes them.
     fn install(
         &self,
         reporter: &mut Reporter<'_>,
@@ -364,10 +379,8 @@ impl Build<'_> {
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             name: DEFAULT_IMAGE.to_owned(),
-            fingerprint: self.plan.image.clone(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            fingerprint: Manifest::combined_fingerprint(&kernel, &initrd, &rootfs),
+            created_unix: self.started_unix,
             kernel,
             initrd,
             rootfs,
@@ -381,25 +394,8 @@ impl Build<'_> {
             }
         }
         manifest.write(dir)?;
-        remove_superseded(dir, &manifest)?;
         Ok(manifest)
     }
-}
-
-/// Removes files in `dir` that `manifest` does not name.
-fn remove_superseded(dir: &Path, manifest: &Manifest) -> Result<(), ImageError> {
-    let entries = std::fs::read_dir(dir).map_err(ImageError::io("read", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(ImageError::io("read", dir))?;
-        let name = entry.file_name();
-        let keep = name == MANIFEST_FILE || manifest.files().iter().any(|file| name == *file);
-        if !keep {
-            let path = entry.path();
-            tracing::info!(path = %path.display(), "removing a superseded image file");
-            std::fs::remove_file(&path).map_err(ImageError::io("remove", &path))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -417,7 +413,6 @@ mod tests {
             agent_sha256: manifest.initrd.agent_sha256.clone(),
             initrd: manifest.initrd.fingerprint.clone(),
             rootfs: manifest.rootfs.fingerprint.clone(),
-            image: manifest.fingerprint.clone(),
         }
     }
 
@@ -438,7 +433,7 @@ mod tests {
             ..plan_matching(&previous)
         };
 
-        let reusable = Reusable::find(&plan, Some(previous.clone()), dir.path());
+        let reusable = Reusable::find(&plan, Some(&previous), dir.path());
 
         assert_eq!(reusable.kernel, Some(previous.kernel));
         assert_eq!(reusable.initrd, None);
@@ -451,40 +446,29 @@ mod tests {
         let dir = image_dir_with(&previous);
         std::fs::remove_file(dir.path().join(&previous.rootfs.file)).unwrap();
 
-        let reusable = Reusable::find(
-            &plan_matching(&previous),
-            Some(previous.clone()),
-            dir.path(),
-        );
+        let reusable = Reusable::find(&plan_matching(&previous), Some(&previous), dir.path());
 
         assert!(reusable.kernel.is_some());
         assert!(reusable.initrd.is_some());
         assert_eq!(reusable.rootfs, None);
+        assert!(!reusable.everything());
+    }
+
+    #[test]
+    fn everything_reused_when_unchanged() {
+        let previous = sample();
+        let dir = image_dir_with(&previous);
+        let reusable = Reusable::find(&plan_matching(&previous), Some(&previous), dir.path());
+        assert!(reusable.everything());
     }
 
     #[test]
     fn nothing_reused_without_manifest() {
         let previous = sample();
         let reusable = Reusable::find(&plan_matching(&previous), None, Path::new("/nonexistent"));
-        assert!(
-            reusable.kernel.is_none() && reusable.initrd.is_none() && reusable.rootfs.is_none()
-        );
-    }
-
-    #[test]
-    fn superseded_files_removed() {
-        let manifest = sample();
-        let dir = image_dir_with(&manifest);
-        manifest.write(dir.path()).unwrap();
-        std::fs::write(dir.path().join("initrd-old.img"), "x").unwrap();
-
-        remove_superseded(dir.path(), &manifest).unwrap();
-
-        assert!(!dir.path().join("initrd-old.img").exists());
-        assert!(dir.path().join(MANIFEST_FILE).exists());
-        for file in manifest.files() {
-            assert!(dir.path().join(file).exists(), "{file}");
-        }
+        assert!(reusable.kernel.is_none());
+        assert!(reusable.initrd.is_none());
+        assert!(reusable.rootfs.is_none());
     }
 
     #[test]

@@ -61,12 +61,19 @@ pub(crate) struct RootfsPart {
 }
 
 impl Manifest {
-    /// Returns the fingerprint of an image made of these three parts.
-    pub(crate) fn combined_fingerprint(kernel: &str, initrd: &str, rootfs: &str) -> String {
+    /// Returns the fingerprint of an image made of these three parts. It
+    /// covers the root filesystem's file name, which is new for every build,
+    /// because two builds from the same inputs still differ in content.
+    pub(crate) fn combined_fingerprint(
+        kernel: &KernelPart,
+        initrd: &InitrdPart,
+        rootfs: &RootfsPart,
+    ) -> String {
         Fingerprint::new("image")
-            .field("kernel", kernel)
-            .field("initrd", initrd)
-            .field("rootfs", rootfs)
+            .field("kernel", &kernel.fingerprint)
+            .field("initrd", &initrd.fingerprint)
+            .field("rootfs", &rootfs.fingerprint)
+            .field("rootfs_file", &rootfs.file)
             .finish()
     }
 
@@ -189,9 +196,37 @@ pub(crate) mod tests {
 
     #[test]
     fn combined_fingerprint_follows_parts() {
-        let base = Manifest::combined_fingerprint("k", "i", "r");
-        assert_ne!(base, Manifest::combined_fingerprint("k", "i2", "r"));
-        assert_ne!(base, Manifest::combined_fingerprint("k2", "i", "r"));
-        assert_ne!(base, Manifest::combined_fingerprint("k", "i", "r2"));
+        let Manifest {
+            kernel,
+            initrd,
+            rootfs,
+            ..
+        } = sample();
+        let base = Manifest::combined_fingerprint(&kernel, &initrd, &rootfs);
+        let changed = |kernel: &KernelPart, initrd: &InitrdPart, rootfs: &RootfsPart| {
+            Manifest::combined_fingerprint(kernel, initrd, rootfs)
+        };
+
+        let new_kernel = KernelPart {
+            fingerprint: "k2".into(),
+            ..kernel.clone()
+        };
+        let new_initrd = InitrdPart {
+            fingerprint: "i2".into(),
+            ..initrd.clone()
+        };
+        let new_rootfs = RootfsPart {
+            fingerprint: "r2".into(),
+            ..rootfs.clone()
+        };
+        let rebuilt_rootfs = RootfsPart {
+            file: "rootfs-ba9876543210-2.ext4".into(),
+            ..rootfs.clone()
+        };
+        assert_ne!(base, changed(&new_kernel, &initrd, &rootfs));
+        assert_ne!(base, changed(&kernel, &new_initrd, &rootfs));
+        assert_ne!(base, changed(&kernel, &initrd, &new_rootfs));
+        assert_ne!(base, changed(&kernel, &initrd, &rebuilt_rootfs));
+        assert_eq!(base, changed(&kernel, &initrd, &rootfs));
     }
 }

@@ -4,12 +4,12 @@
 //! On disk, under the images folder:
 //!
 //! ```text
-//! .lock                          held while building or removing
-//! .build-*/                      scratch space of a build in progress
-//! default/manifest.json          what the image consists of
-//! default/vmlinuz-<release>      Debian cloud kernel
-//! default/initrd-<fp>.img        agent as /init plus virtio modules
-//! default/rootfs-<fp>.ext4       raw ext4 root filesystem
+//! .lock                                 held while building or removing
+//! .build-*/                             scratch space of a build in progress
+//! default/manifest.json                 what the image consists of
+//! default/vmlinuz-<release>-<fp>        Debian cloud kernel
+//! default/initrd-<fp>.img               agent as /init plus virtio modules
+//! default/rootfs-<fp>-<build time>.ext4 raw ext4 root filesystem
 //! ```
 //!
 //! Downloads, debootstrap's package cache and build logs live in the cache

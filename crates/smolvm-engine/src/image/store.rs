@@ -10,7 +10,7 @@ use fs4::FileExt;
 
 use super::ImageError;
 use super::fingerprint::Fingerprint;
-use super::manifest::Manifest;
+use super::manifest::{MANIFEST_FILE, Manifest};
 use super::reference::{DEFAULT_IMAGE, DiskFormat, Reference, detect_disk_format};
 use crate::paths::Paths;
 
@@ -69,10 +69,13 @@ pub(crate) struct BuildLock {
 }
 
 impl ImageStore {
+    /// Creates a store over `paths`, made absolute against the current
+    /// directory so that the returned file paths work from any directory.
     pub fn new(paths: &Paths) -> Self {
+        let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         Self {
-            images_dir: paths.images_dir().to_owned(),
-            cache_dir: paths.cache_dir(),
+            images_dir: absolute(paths.images_dir()),
+            cache_dir: absolute(&paths.cache_dir()),
         }
     }
 
@@ -90,6 +93,16 @@ impl ImageStore {
 
     /// Lists built images, sorted by name.
     pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let mut images = Vec::new();
+        for (dir, manifest) in self.built_images()? {
+            images.push(image_info(&dir, &manifest)?);
+        }
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(images)
+    }
+
+    /// Returns the folder and manifest of every built image.
+    fn built_images(&self) -> Result<Vec<(PathBuf, Manifest)>, ImageError> {
         let entries = match std::fs::read_dir(&self.images_dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -104,10 +117,9 @@ impl ImageStore {
                 continue;
             }
             if let Some(manifest) = Manifest::read(&entry.path())? {
-                images.push(image_info(&entry.path(), &manifest)?);
+                images.push((entry.path(), manifest));
             }
         }
-        images.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(images)
     }
 
@@ -155,12 +167,43 @@ impl ImageStore {
         let _lock = self.lock(&mut |_| {})?;
 
         let dir = self.image_dir(name);
-        if !dir.join(super::manifest::MANIFEST_FILE).is_file() {
+        if !dir.join(MANIFEST_FILE).is_file() {
             return Err(ImageError::ImageNotFound {
                 name: name.to_owned(),
             });
         }
         std::fs::remove_dir_all(&dir).map_err(ImageError::io("remove", &dir))
+    }
+
+    /// Removes the files of earlier builds that no manifest names and that
+    /// are not in `in_use`, and returns their paths.
+    ///
+    /// `in_use` must list every kernel, initramfs and root disk path that an
+    /// existing sandbox, running or stopped, boots from. Builds never delete
+    /// these files themselves because only the caller knows which
+    /// sandboxes exist.
+    pub fn prune(&self, in_use: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
+        let _lock = self.lock(&mut |_| {})?;
+
+        let mut removed = Vec::new();
+        for (dir, manifest) in self.built_images()? {
+            let entries = std::fs::read_dir(&dir).map_err(ImageError::io("read", &dir))?;
+            for entry in entries {
+                let entry = entry.map_err(ImageError::io("read", &dir))?;
+                let name = entry.file_name();
+                let path = entry.path();
+                let current = name == MANIFEST_FILE || manifest.files().iter().any(|f| name == *f);
+                let hidden = name.to_string_lossy().starts_with('.');
+                if current || hidden || in_use.contains(&path) {
+                    continue;
+                }
+
+                tracing::info!(path = %path.display(), "removing an unused image file");
+                std::fs::remove_file(&path).map_err(ImageError::io("remove", &path))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
     }
 
     /// Takes the build lock, calling `waiting` once if another process
@@ -373,6 +416,26 @@ mod tests {
             info.created,
             UNIX_EPOCH + Duration::from_secs(1_700_000_000)
         );
+    }
+
+    #[test]
+    fn prune_keeps_current_and_used_files() {
+        let (_data, store) = store_with_default();
+        let dir = store.image_dir(DEFAULT_IMAGE);
+        let used = dir.join("rootfs-old-1.ext4");
+        let unused = dir.join("initrd-old.img");
+        std::fs::write(&used, "x").unwrap();
+        std::fs::write(&unused, "x").unwrap();
+
+        let removed = store.prune(std::slice::from_ref(&used)).unwrap();
+
+        assert_eq!(removed, std::slice::from_ref(&unused));
+        assert!(!unused.exists());
+        assert!(used.exists());
+        assert!(dir.join(MANIFEST_FILE).exists());
+        for file in sample().files() {
+            assert!(dir.join(file).exists(), "{file}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncBufReadExt;
 
 use super::{Engine, EngineError, SandboxInfo};
 use crate::accel::{self, AccelChoice};
@@ -103,6 +103,7 @@ impl Engine {
             qemu_args: qemu.args(),
             network: qemu.network,
             boot_timeout_ms: BOOT_TIMEOUT_SECS * 1000,
+            image_files: vec![image.kernel.clone(), image.initrd.clone(), image.root_disk.clone()],
         };
         write_launch_config(&dir, &launch)?;
 
@@ -160,10 +161,11 @@ impl Engine {
         let mut child = spawn_supervisor(&self.inner.smolvm_program, dir, ready_write)?;
         *supervisor_pid = child.id();
 
-        let mut ready = tokio::fs::File::from_std(std::fs::File::from(ready_read));
+        let ready = tokio::fs::File::from_std(std::fs::File::from(ready_read));
+        let mut ready = tokio::io::BufReader::new(ready);
         let mut line = String::new();
         let wait = Duration::from_secs(BOOT_TIMEOUT_SECS + 15);
-        let read = tokio::time::timeout(wait, ready.read_to_string(&mut line)).await;
+        let read = tokio::time::timeout(wait, ready.read_line(&mut line)).await;
 
         match read {
             Ok(Ok(_)) if line.trim() == "ok" => Ok(()),

@@ -8,7 +8,7 @@ use crate::client::Connection;
 use crate::id::SandboxId;
 use crate::state::SandboxState;
 use crate::store::SandboxRecord;
-use crate::supervisor::STOP_GRACE;
+use crate::supervisor::{LaunchConfig, STOP_GRACE};
 
 /// How long delete lets the guest power off before killing the VMM.
 const DELETE_GRACE: Duration = Duration::from_secs(3);
@@ -112,7 +112,24 @@ impl Engine {
                 removed.push(name);
             }
         }
+        self.prune_images(&mut removed)?;
         Ok(removed)
+    }
+
+    /// Removes image files that neither the current images nor any
+    /// remaining sandbox use.
+    fn prune_images(&self, removed: &mut Vec<String>) -> Result<(), EngineError> {
+        let mut in_use = Vec::new();
+        for record in self.store().list()? {
+            let path = self.sandbox_dir(&record.id).launch_config();
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            if let Ok(launch) = serde_json::from_str::<LaunchConfig>(&text) {
+                in_use.extend(launch.image_files);
+            }
+        }
+        let pruned = self.images().prune(&in_use)?;
+        removed.extend(pruned.into_iter().map(|p| p.display().to_string()));
+        Ok(())
     }
 
     /// Asks the supervisor to power the sandbox off, and makes sure the

@@ -43,6 +43,9 @@ pub struct LaunchConfig {
     pub qemu_args: Vec<String>,
     pub network: bool,
     pub boot_timeout_ms: u64,
+    /// The image files the sandbox boots from, kept while it exists.
+    #[serde(default)]
+    pub image_files: Vec<PathBuf>,
 }
 
 /// A request from a client connection to stop the sandbox.

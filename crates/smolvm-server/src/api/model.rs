@@ -222,18 +222,30 @@ mod tests {
     #[test]
     fn enum_names_match_engine() {
         let pairs = [
-            (serde_json::to_value(Backend::from(spec::Backend::Qemu)), spec::Backend::Qemu.to_string()),
+            (
+                serde_json::to_value(Backend::from(spec::Backend::Qemu)),
+                spec::Backend::Qemu.to_string(),
+            ),
             (
                 serde_json::to_value(Backend::from(spec::Backend::Firecracker)),
                 spec::Backend::Firecracker.to_string(),
             ),
-            (serde_json::to_value(AccelName::from(Accel::Kvm)), Accel::Kvm.to_string()),
-            (serde_json::to_value(AccelName::from(Accel::Tcg)), Accel::Tcg.to_string()),
+            (
+                serde_json::to_value(AccelName::from(Accel::Kvm)),
+                Accel::Kvm.to_string(),
+            ),
+            (
+                serde_json::to_value(AccelName::from(Accel::Tcg)),
+                Accel::Tcg.to_string(),
+            ),
             (
                 serde_json::to_value(NetworkMode::from(spec::NetworkMode::Off)),
                 spec::NetworkMode::Off.to_string(),
             ),
-            (serde_json::to_value(Os::from(spec::Os::Linux)), spec::Os::Linux.to_string()),
+            (
+                serde_json::to_value(Os::from(spec::Os::Linux)),
+                spec::Os::Linux.to_string(),
+            ),
         ];
         for (ours, engine) in pairs {
             assert_eq!(ours.unwrap(), engine);

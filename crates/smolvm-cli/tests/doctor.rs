@@ -16,7 +16,11 @@ fn doctor_reports_accel_with_reason() {
         assert_eq!(accel, "tcg");
         assert!(reason.contains("/dev/kvm"), "{reason}");
     }
-    let names: Vec<&str> =
-        report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"qemu"), "{names:?}");
 }

@@ -13,7 +13,9 @@ use common::{Sandbox, skip, stderr, stdout};
 fn apt_mirror() -> Option<String> {
     let text = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").ok()?;
     let line = text.lines().find(|l| l.starts_with("URIs:"))?;
-    line.split_whitespace().nth(1).map(|uri| uri.trim_end_matches('/').to_owned())
+    line.split_whitespace()
+        .nth(1)
+        .map(|uri| uri.trim_end_matches('/').to_owned())
 }
 
 #[test]
@@ -33,7 +35,10 @@ fn guest_cannot_reach_host_loopback() {
     for address in ["10.0.2.2", "127.0.0.1"] {
         let command = format!("curl -s -m 3 http://{address}:{port}/; echo \" exit=$?\"");
         let output = sandbox.sh(&command);
-        assert!(!output.contains("host-secret"), "guest reached the host via {address}");
+        assert!(
+            !output.contains("host-secret"),
+            "guest reached the host via {address}"
+        );
         assert!(!output.contains("exit=0"), "{address}: {output}");
     }
 
@@ -43,7 +48,12 @@ fn guest_cannot_reach_host_loopback() {
                 "curl -sS -o /dev/null -w '%{{http_code}}' -m 30 {mirror}/dists/bookworm/Release"
             );
             let output = sandbox.exec(&["--timeout", "60"], &[&command]);
-            assert_eq!(stdout(&output), "200", "outbound HTTP failed: {}", stderr(&output));
+            assert_eq!(
+                stdout(&output),
+                "200",
+                "outbound HTTP failed: {}",
+                stderr(&output)
+            );
         }
         None => eprintln!("skipped outbound check: no apt sources file names a reachable registry"),
     }

@@ -39,13 +39,19 @@ fn login_expands_raw_does_not(sandbox: &Sandbox) {
 fn env_reaches_program_untouched(sandbox: &Sandbox) {
     let value = r#"it's "quoted" $(touch /tmp/pwned) `id` $HOME"#;
     let env = format!("SMOLVM_TEST={value}");
-    let output = sandbox.exec(&["--shell", "raw", "--env", &env], &["printenv", "SMOLVM_TEST"]);
+    let output = sandbox.exec(
+        &["--shell", "raw", "--env", &env],
+        &["printenv", "SMOLVM_TEST"],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), format!("{value}\n"));
 
     let login = sandbox.exec(&["--env", &env], &["printenv SMOLVM_TEST"]);
     assert_eq!(stdout(&login), format!("{value}\n"));
-    assert_eq!(sandbox.sh("test -e /tmp/pwned && echo yes || echo no"), "no\n");
+    assert_eq!(
+        sandbox.sh("test -e /tmp/pwned && echo yes || echo no"),
+        "no\n"
+    );
 }
 
 fn cwd_applies(sandbox: &Sandbox) {
@@ -54,15 +60,28 @@ fn cwd_applies(sandbox: &Sandbox) {
 
     let missing = sandbox.exec(&["--cwd", "/does/not/exist"], &["pwd"]);
     assert!(!missing.status.success());
-    assert!(stderr(&missing).contains("/does/not/exist"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("/does/not/exist"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 fn exit_codes_pass_through(sandbox: &Sandbox) {
-    let cases: [(&str, i32); 4] =
-        [("true", 0), ("exit 3", 3), ("no-such-command-xyz", 127), ("kill -9 $$", 137)];
+    let cases: [(&str, i32); 4] = [
+        ("true", 0),
+        ("exit 3", 3),
+        ("no-such-command-xyz", 127),
+        ("kill -9 $$", 137),
+    ];
     for (command, expected) in cases {
         let output = sandbox.exec(&[], &[command]);
-        assert_eq!(output.status.code(), Some(expected), "{command}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(expected),
+            "{command}: {}",
+            stderr(&output)
+        );
     }
 
     let raw_missing = sandbox.exec(&["--shell", "raw"], &["no-such-program-xyz"]);
@@ -71,7 +90,10 @@ fn exit_codes_pass_through(sandbox: &Sandbox) {
 
 fn non_utf8_output_replaced_in_json(sandbox: &Sandbox) {
     let raw = sandbox.exec(&[], &[r"printf 'a\377b'"]);
-    assert_eq!(raw.stdout, b"a\xffb", "the streaming CLI passes bytes through");
+    assert_eq!(
+        raw.stdout, b"a\xffb",
+        "the streaming CLI passes bytes through"
+    );
 
     let json = sandbox.exec(&["--json"], &[r"printf 'a\377b'"]);
     let result: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
@@ -108,7 +130,12 @@ fn timeout_kills_every_descendant(sandbox: &Sandbox) {
     assert!(elapsed < Duration::from_secs(6), "timeout took {elapsed:?}");
 
     let leftover = sandbox.exec(&[], &["pgrep -x sleep"]);
-    assert_eq!(leftover.status.code(), Some(1), "sleep survived: {}", stdout(&leftover));
+    assert_eq!(
+        leftover.status.code(),
+        Some(1),
+        "sleep survived: {}",
+        stdout(&leftover)
+    );
 }
 
 fn background_child_does_not_block(sandbox: &Sandbox) {
@@ -116,7 +143,11 @@ fn background_child_does_not_block(sandbox: &Sandbox) {
     let output = sandbox.exec(&["--timeout", "20"], &["sleep 300 & echo started"]);
     assert_eq!(stdout(&output), "started\n");
     assert!(output.status.success());
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     sandbox.sh("pkill -x sleep; true");
 }
 

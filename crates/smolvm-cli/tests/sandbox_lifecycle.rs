@@ -37,7 +37,10 @@ fn file_round_trip_and_stop_start() {
     let back = dir.path().join("out.bin");
     let copy_out = run(&["sandbox", "cp", &target, back.to_str().unwrap()]);
     assert!(copy_out.status.success(), "{}", stderr(&copy_out));
-    assert!(std::fs::read(&back).unwrap() == bytes, "bytes differ after the round trip");
+    assert!(
+        std::fs::read(&back).unwrap() == bytes,
+        "bytes differ after the round trip"
+    );
 
     let missing = run(&["sandbox", "cp", &format!("{}:/nope", sandbox.id), "/tmp/x"]);
     assert!(!missing.status.success());
@@ -64,13 +67,20 @@ fn delete_leaves_nothing_behind() {
     }
     let sandbox = Sandbox::create(&[]);
     let id = sandbox.id.clone();
-    assert!(!pids_mentioning(&id).is_empty(), "supervisor and VMM should be running");
+    assert!(
+        !pids_mentioning(&id).is_empty(),
+        "supervisor and VMM should be running"
+    );
     assert!(sandbox.dir().join("disk.qcow2").exists());
 
     let delete = run(&["sandbox", "delete", &id]);
     assert!(delete.status.success(), "{}", stderr(&delete));
 
-    assert_eq!(pids_mentioning(&id), Vec::<u32>::new(), "processes left behind");
+    assert_eq!(
+        pids_mentioning(&id),
+        Vec::<u32>::new(),
+        "processes left behind"
+    );
     assert!(!sandbox.dir().exists(), "directory left behind");
     let info = run(&["sandbox", "info", &id]);
     assert!(!info.status.success());
@@ -90,7 +100,9 @@ fn killed_vmm_reported_not_running() {
     let qemu: Vec<u32> = pids_mentioning(&sandbox.id)
         .into_iter()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().starts_with("qemu")
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .starts_with("qemu")
         })
         .collect();
     assert_eq!(qemu.len(), 1, "expected one QEMU for the sandbox");
@@ -108,10 +120,21 @@ fn killed_vmm_reported_not_running() {
     assert_eq!(status, "error");
     let list = run(&["sandbox", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    let entry = listed.as_array().unwrap().iter().find(|s| s["id"] == sandbox.id.as_str()).unwrap();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == sandbox.id.as_str())
+        .unwrap();
     assert_eq!(entry["status"], "error");
-    assert!(entry["error"].as_str().unwrap().contains("exited"), "{entry}");
-    assert!(!sandbox.dir().join("ctl.sock").exists(), "control socket left behind");
+    assert!(
+        entry["error"].as_str().unwrap().contains("exited"),
+        "{entry}"
+    );
+    assert!(
+        !sandbox.dir().join("ctl.sock").exists(),
+        "control socket left behind"
+    );
 }
 
 #[test]
@@ -129,10 +152,16 @@ fn invalid_create_rejected_before_anything_exists() {
         full.extend_from_slice(args);
         let output = run_in(data.path(), &full);
         assert!(!output.status.success(), "{args:?} accepted");
-        assert!(stderr(&output).contains(needle), "{args:?}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(needle),
+            "{args:?}: {}",
+            stderr(&output)
+        );
     }
     let sandboxes = data.path().join("sandboxes");
-    let leftovers = std::fs::read_dir(&sandboxes).map(|d| d.count()).unwrap_or(0);
+    let leftovers = std::fs::read_dir(&sandboxes)
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(leftovers, 0, "a rejected create left a directory");
     let list = run_in(data.path(), &["sandbox", "list", "--json"]);
     assert_eq!(stdout(&list).trim(), "[]");

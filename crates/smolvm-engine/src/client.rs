@@ -57,12 +57,18 @@ pub struct Connection {
 
 impl Connection {
     pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
         let (reader, writer) = stream.into_split();
-        Ok(Self { reader: BufReader::with_capacity(256 * 1024, reader), writer, next_id: 1 })
+        Ok(Self {
+            reader: BufReader::with_capacity(256 * 1024, reader),
+            writer,
+            next_id: 1,
+        })
     }
 
     /// Returns a request id not yet used on this connection.
@@ -77,12 +83,16 @@ impl Connection {
     }
 
     pub async fn send_frame(&mut self, frame: &Frame) -> Result<(), ClientError> {
-        write_frame(&mut self.writer, frame).await.map_err(ClientError::from)
+        write_frame(&mut self.writer, frame)
+            .await
+            .map_err(ClientError::from)
     }
 
     /// Receives the next frame, whichever request it belongs to.
     pub async fn recv(&mut self) -> Result<Frame, ClientError> {
-        read_frame(&mut self.reader).await.map_err(ClientError::from)
+        read_frame(&mut self.reader)
+            .await
+            .map_err(ClientError::from)
     }
 
     pub async fn status(&mut self) -> Result<SupervisorStatus, ClientError> {

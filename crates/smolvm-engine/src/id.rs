@@ -35,7 +35,9 @@ impl SandboxId {
 
 /// Error for a string that is not a sandbox id.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid sandbox id {value:?}: expected `sbx-` followed by 10 letters and digits, as printed by `smolvm sandbox create`")]
+#[error(
+    "invalid sandbox id {value:?}: expected `sbx-` followed by 10 letters and digits, as printed by `smolvm sandbox create`"
+)]
 pub struct InvalidSandboxId {
     pub value: String,
 }
@@ -50,7 +52,9 @@ impl FromStr for SandboxId {
         if valid {
             Ok(Self(value.to_owned()))
         } else {
-            Err(InvalidSandboxId { value: value.to_owned() })
+            Err(InvalidSandboxId {
+                value: value.to_owned(),
+            })
         }
     }
 }
@@ -89,7 +93,14 @@ mod tests {
 
     #[test]
     fn malformed_ids_rejected() {
-        for bad in ["", "sbx-", "sbx-abc", "vm-abcdefghjk", "sbx-ABCDEFGHJK", "sbx-abcdefghjk/.."] {
+        for bad in [
+            "",
+            "sbx-",
+            "sbx-abc",
+            "vm-abcdefghjk",
+            "sbx-ABCDEFGHJK",
+            "sbx-abcdefghjk/..",
+        ] {
             assert!(bad.parse::<SandboxId>().is_err(), "{bad:?} accepted");
         }
     }

@@ -56,17 +56,25 @@ impl SandboxDir {
     }
 
     pub fn sockets(&self) -> [PathBuf; 3] {
-        [self.agent_socket(), self.qmp_socket(), self.control_socket()]
+        [
+            self.agent_socket(),
+            self.qmp_socket(),
+            self.control_socket(),
+        ]
     }
 
     /// Returns the longest socket path if it is too long for `bind`.
     pub fn socket_path_too_long(&self) -> Option<PathBuf> {
-        self.sockets().into_iter().find(|p| p.as_os_str().len() > MAX_SOCKET_PATH)
+        self.sockets()
+            .into_iter()
+            .find(|p| p.as_os_str().len() > MAX_SOCKET_PATH)
     }
 
     /// Returns the last `max_bytes` of a log file, for error messages.
     pub fn log_tail(path: &Path, max_bytes: usize) -> String {
-        let Ok(bytes) = std::fs::read(path) else { return String::new() };
+        let Ok(bytes) = std::fs::read(path) else {
+            return String::new();
+        };
         let start = bytes.len().saturating_sub(max_bytes);
         String::from_utf8_lossy(&bytes[start..]).trim().to_string()
     }

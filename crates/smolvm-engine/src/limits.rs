@@ -29,5 +29,7 @@ pub const BOOT_TIMEOUT_SECS: u64 = 60;
 
 /// Returns the number of host CPUs, the upper bound for `cpus`.
 pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }

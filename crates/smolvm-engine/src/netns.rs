@@ -30,7 +30,9 @@ const SLIRP_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors while isolating a VMM's network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("failed to start slirp4netns; install it with scripts/install-deps.sh or create the sandbox with network off")]
+    #[error(
+        "failed to start slirp4netns; install it with scripts/install-deps.sh or create the sandbox with network off"
+    )]
     SpawnSlirp(#[source] io::Error),
     #[error("slirp4netns did not become ready within {0:?}; see the sandbox's supervisor.log")]
     SlirpTimeout(Duration),
@@ -76,7 +78,14 @@ pub fn isolate_network(command: &mut Command, resolv_conf: Option<&Path>) {
             // Keep the bind mount below out of the host's mount namespace.
             let root = c"/";
             let flags = libc::MS_REC | libc::MS_PRIVATE;
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if let Some(source) = &resolv {
@@ -153,7 +162,10 @@ pub async fn start_slirp(pid: u32, log: std::fs::File) -> Result<Slirp, NetnsErr
     let mut byte = [0u8; 1];
     let outcome = tokio::time::timeout(SLIRP_READY_TIMEOUT, ready.read(&mut byte)).await;
     match outcome {
-        Ok(Ok(1)) => Ok(Slirp { child, _exit_pipe: exit_write }),
+        Ok(Ok(1)) => Ok(Slirp {
+            child,
+            _exit_pipe: exit_write,
+        }),
         Ok(_) => {
             let status = child.try_wait().ok().flatten();
             Err(NetnsError::SlirpExited(

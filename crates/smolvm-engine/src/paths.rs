@@ -24,14 +24,20 @@ impl Paths {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => data_dir.join("images"),
         };
-        Self { data_dir, images_dir }
+        Self {
+            data_dir,
+            images_dir,
+        }
     }
 
     /// Uses `data_dir` with images stored inside it.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         let images_dir = data_dir.join("images");
-        Self { data_dir, images_dir }
+        Self {
+            data_dir,
+            images_dir,
+        }
     }
 
     /// Returns a copy that stores images in `images_dir`.
@@ -68,6 +74,8 @@ fn default_data_dir() -> PathBuf {
     if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(state).join("smolvm");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     home.join(".local/state/smolvm")
 }

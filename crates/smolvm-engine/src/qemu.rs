@@ -78,8 +78,19 @@ impl QemuConfig {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
         }
-        push(&["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
-        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&[
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
 
         let console = format!("file,id=console,path={}", escape(&self.console_log));
         push(&["-chardev", &console, "-serial", "chardev:console"]);
@@ -101,10 +112,22 @@ impl QemuConfig {
             escape(&self.agent_socket)
         );
         let port = format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}");
-        push(&["-device", "virtio-serial-device", "-chardev", &agent, "-device", &port]);
+        push(&[
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            &agent,
+            "-device",
+            &port,
+        ]);
 
         if self.network {
-            push(&["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]);
+            push(&[
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "virtio-net-device,netdev=net0",
+            ]);
         }
 
         let qmp = format!("unix:{},server=on,wait=off", escape(&self.qmp_socket));
@@ -166,14 +189,21 @@ mod tests {
 
     #[test]
     fn kvm_uses_host_cpu() {
-        let args = QemuConfig { accel: Accel::Kvm, ..config() }.args();
+        let args = QemuConfig {
+            accel: Accel::Kvm,
+            ..config()
+        }
+        .args();
         let joined = args.join(" ");
         assert!(joined.contains("-accel kvm -cpu host"), "{joined}");
     }
 
     #[test]
     fn network_off_leaves_nic_out() {
-        let config = QemuConfig { network: false, ..config() };
+        let config = QemuConfig {
+            network: false,
+            ..config()
+        };
         let joined = config.args().join(" ");
         assert!(!joined.contains("-netdev"), "{joined}");
         assert!(!joined.contains("virtio-net"), "{joined}");
@@ -189,14 +219,24 @@ mod tests {
         assert!(cmdline.contains("smolvm.net=1"), "{cmdline}");
         assert!(cmdline.contains("pci=off"), "{cmdline}");
 
-        let without_tsc = QemuConfig { tsc_khz: None, ..config() }.kernel_cmdline();
+        let without_tsc = QemuConfig {
+            tsc_khz: None,
+            ..config()
+        }
+        .kernel_cmdline();
         assert!(!without_tsc.contains("tsc_early_khz"), "{without_tsc}");
     }
 
     #[test]
     fn commas_in_paths_escaped() {
-        let config = QemuConfig { disk: "/a,b/disk.qcow2".into(), ..config() };
+        let config = QemuConfig {
+            disk: "/a,b/disk.qcow2".into(),
+            ..config()
+        };
         let joined = config.args().join(" ");
-        assert!(joined.contains("file=/a,,b/disk.qcow2,format=qcow2"), "{joined}");
+        assert!(
+            joined.contains("file=/a,,b/disk.qcow2,format=qcow2"),
+            "{joined}"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -151,13 +154,13 @@ impl CreateRequest {
         let cpus = self.cpus.unwrap_or(CPUS_DEFAULT);
         check_range("cpus", cpus, CPUS_MIN, host_cpus.max(CPUS_MIN), "CPUs")?;
 
-        if let Some(image) = &self.image {
-            if image.trim().is_empty() {
-                return Err(SpecError::new(
-                    "image",
-                    "is empty: omit it for the default image or pass a reference such as file:///path/rootfs.ext4",
-                ));
-            }
+        if let Some(image) = &self.image
+            && image.trim().is_empty()
+        {
+            return Err(SpecError::new(
+                "image",
+                "is empty: omit it for the default image or pass a reference such as file:///path/rootfs.ext4",
+            ));
         }
 
         let backend = match self.backend {
@@ -183,7 +186,9 @@ fn check_range(field: &str, value: u32, min: u32, max: u32, unit: &str) -> Resul
     }
     Err(SpecError::new(
         field,
-        format!("{value} {unit} is outside the allowed range {min}–{max} {unit}; pass a value in that range"),
+        format!(
+            "{value} {unit} is outside the allowed range {min}–{max} {unit}; pass a value in that range"
+        ),
     ))
 }
 
@@ -215,13 +220,13 @@ impl ExecSpec {
         for (name, value) in &self.env {
             validate_env(name, value)?;
         }
-        if let Some(cwd) = &self.cwd {
-            if !cwd.starts_with('/') || cwd.contains('\0') {
-                return Err(SpecError::new(
-                    "cwd",
-                    format!("{cwd:?} is not an absolute path; pass a path starting with /"),
-                ));
-            }
+        if let Some(cwd) = &self.cwd
+            && (!cwd.starts_with('/') || cwd.contains('\0'))
+        {
+            return Err(SpecError::new(
+                "cwd",
+                format!("{cwd:?} is not an absolute path; pass a path starting with /"),
+            ));
         }
 
         Ok(ExecRequest {
@@ -241,14 +246,22 @@ impl ExecSpec {
 
     fn parse_command(&self) -> Result<ExecCommand, SpecError> {
         if self.command.trim().is_empty() {
-            return Err(SpecError::new("command", "is empty; pass the command to run"));
+            return Err(SpecError::new(
+                "command",
+                "is empty; pass the command to run",
+            ));
         }
         if self.command.contains('\0') {
-            return Err(SpecError::new("command", "contains a NUL byte, which no program can receive"));
+            return Err(SpecError::new(
+                "command",
+                "contains a NUL byte, which no program can receive",
+            ));
         }
 
         match self.shell {
-            ShellMode::Login => Ok(ExecCommand::Login { command: self.command.clone() }),
+            ShellMode::Login => Ok(ExecCommand::Login {
+                command: self.command.clone(),
+            }),
             ShellMode::Raw => {
                 let argv = shlex::split(&self.command).ok_or_else(|| {
                     SpecError::new(
@@ -257,7 +270,10 @@ impl ExecSpec {
                     )
                 })?;
                 if argv.is_empty() {
-                    return Err(SpecError::new("command", "has no words; pass the program to run"));
+                    return Err(SpecError::new(
+                        "command",
+                        "has no words; pass the program to run",
+                    ));
                 }
                 Ok(ExecCommand::Argv { argv })
             }
@@ -268,7 +284,9 @@ impl ExecSpec {
 /// Checks an environment variable name (POSIX portable form) and value.
 pub fn validate_env(name: &str, value: &str) -> Result<(), SpecError> {
     let mut chars = name.chars();
-    let valid_name = chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+    let valid_name = chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
     if !valid_name {
         return Err(SpecError::new(
@@ -277,7 +295,10 @@ pub fn validate_env(name: &str, value: &str) -> Result<(), SpecError> {
         ));
     }
     if value.contains('\0') {
-        return Err(SpecError::new(format!("env.{name}"), "value contains a NUL byte"));
+        return Err(SpecError::new(
+            format!("env.{name}"),
+            "value contains a NUL byte",
+        ));
     }
     Ok(())
 }
@@ -335,7 +356,10 @@ mod tests {
 
     #[test]
     fn empty_image_rejected() {
-        assert_eq!(create(|r| r.image = Some(" ".into())).unwrap_err().field, "image");
+        assert_eq!(
+            create(|r| r.image = Some(" ".into())).unwrap_err().field,
+            "image"
+        );
     }
 
     #[test]
@@ -346,11 +370,17 @@ mod tests {
         assert_eq!(err.field, "shell");
         assert!(err.problem.contains("login, raw"));
         assert_eq!("off".parse::<NetworkMode>().unwrap(), NetworkMode::Off);
-        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+        assert_eq!(
+            "auto".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Auto
+        );
     }
 
     fn exec(f: impl FnOnce(&mut ExecSpec)) -> Result<ExecRequest, SpecError> {
-        let mut spec = ExecSpec { command: "true".into(), ..Default::default() };
+        let mut spec = ExecSpec {
+            command: "true".into(),
+            ..Default::default()
+        };
         f(&mut spec);
         spec.to_request(1024)
     }
@@ -362,7 +392,9 @@ mod tests {
             s.command = r#"printf '%s\n' 'a b' c $HOME"#.into();
         })
         .unwrap();
-        let ExecCommand::Argv { argv } = request.command else { panic!("not argv") };
+        let ExecCommand::Argv { argv } = request.command else {
+            panic!("not argv")
+        };
         assert_eq!(argv, ["printf", "%s\\n", "a b", "c", "$HOME"]);
     }
 
@@ -381,22 +413,36 @@ mod tests {
         let request = exec(|s| s.command = "echo $HOME | tr a-z A-Z".into()).unwrap();
         assert_eq!(
             request.command,
-            ExecCommand::Login { command: "echo $HOME | tr a-z A-Z".into() }
+            ExecCommand::Login {
+                command: "echo $HOME | tr a-z A-Z".into()
+            }
         );
     }
 
     #[test]
     fn timeout_limits_enforced() {
-        assert_eq!(exec(|_| {}).unwrap().timeout_ms, Some(TIMEOUT_SECS_DEFAULT * 1000));
+        assert_eq!(
+            exec(|_| {}).unwrap().timeout_ms,
+            Some(TIMEOUT_SECS_DEFAULT * 1000)
+        );
         assert!(exec(|s| s.timeout_secs = Some(3600)).is_ok());
-        assert_eq!(exec(|s| s.timeout_secs = Some(0)).unwrap_err().field, "timeout");
-        assert_eq!(exec(|s| s.timeout_secs = Some(3601)).unwrap_err().field, "timeout");
+        assert_eq!(
+            exec(|s| s.timeout_secs = Some(0)).unwrap_err().field,
+            "timeout"
+        );
+        assert_eq!(
+            exec(|s| s.timeout_secs = Some(3601)).unwrap_err().field,
+            "timeout"
+        );
     }
 
     #[test]
     fn env_names_checked_values_untouched() {
         let request = exec(|s| s.env = vec![("A_1".into(), "it's \"$(x)\"".into())]).unwrap();
-        assert_eq!(request.env, [("A_1".to_owned(), "it's \"$(x)\"".to_owned())]);
+        assert_eq!(
+            request.env,
+            [("A_1".to_owned(), "it's \"$(x)\"".to_owned())]
+        );
 
         for bad in ["", "1A", "A-B", "A=B", "A B"] {
             let err = exec(|s| s.env = vec![(bad.into(), "v".into())]).unwrap_err();
@@ -406,12 +452,18 @@ mod tests {
 
     #[test]
     fn relative_cwd_rejected() {
-        assert_eq!(exec(|s| s.cwd = Some("tmp".into())).unwrap_err().field, "cwd");
+        assert_eq!(
+            exec(|s| s.cwd = Some("tmp".into())).unwrap_err().field,
+            "cwd"
+        );
         assert!(exec(|s| s.cwd = Some("/tmp".into())).is_ok());
     }
 
     #[test]
     fn empty_command_rejected() {
-        assert_eq!(exec(|s| s.command = "  ".into()).unwrap_err().field, "command");
+        assert_eq!(
+            exec(|s| s.command = "  ".into()).unwrap_err().field,
+            "command"
+        );
     }
 }

@@ -28,8 +28,13 @@ pub enum SandboxState {
 }
 
 impl SandboxState {
-    pub const ALL: [SandboxState; 5] =
-        [Self::Creating, Self::Running, Self::Stopping, Self::Stopped, Self::Error];
+    pub const ALL: [SandboxState; 5] = [
+        Self::Creating,
+        Self::Running,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Error,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,13 +107,19 @@ mod tests {
 
     #[test]
     fn only_running_accepts_exec() {
-        let exec: Vec<_> = SandboxState::ALL.into_iter().filter(|s| s.can_exec()).collect();
+        let exec: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|s| s.can_exec())
+            .collect();
         assert_eq!(exec, [SandboxState::Running]);
     }
 
     #[test]
     fn start_allowed_from_stopped_and_error() {
-        let start: Vec<_> = SandboxState::ALL.into_iter().filter(|s| s.can_start()).collect();
+        let start: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|s| s.can_start())
+            .collect();
         assert_eq!(start, [SandboxState::Stopped, SandboxState::Error]);
     }
 

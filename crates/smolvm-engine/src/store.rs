@@ -45,7 +45,9 @@ pub enum StoreError {
     },
     #[error("database query failed")]
     Query(#[from] rusqlite::Error),
-    #[error("database schema version {found} is newer than this smolvm understands ({known}); upgrade smolvm")]
+    #[error(
+        "database schema version {found} is newer than this smolvm understands ({known}); upgrade smolvm"
+    )]
     SchemaTooNew { found: u32, known: u32 },
     #[error("database row for sandbox {id} is corrupt: {problem}")]
     Corrupt { id: String, problem: String },
@@ -79,19 +81,29 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open { path: path.display().to_string(), source };
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         let conn = Connection::open(path).map_err(open_error)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(open_error)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_error)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
         migrate(&conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable:
         // every statement is its own transaction.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn insert(&self, record: &SandboxRecord) -> Result<(), StoreError> {
@@ -128,7 +140,9 @@ impl Store {
     pub fn list(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT * FROM sandboxes ORDER BY created_at_ms, id")?;
-        let rows = stmt.query_map([], RawRow::from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map([], RawRow::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(RawRow::into_record).collect()
     }
 
@@ -147,7 +161,13 @@ impl Store {
         let changed = self.conn().execute(
             "UPDATE sandboxes SET state = ?2, error = ?3, updated_at_ms = ?4
              WHERE id = ?1 AND state IN (SELECT value FROM json_each(?5))",
-            params![id.as_str(), to.as_str(), error, to_ms(SystemTime::now()), from_json],
+            params![
+                id.as_str(),
+                to.as_str(),
+                error,
+                to_ms(SystemTime::now()),
+                from_json
+            ],
         )?;
         Ok(changed == 1)
     }
@@ -184,7 +204,9 @@ impl Store {
 
     /// Removes the sandbox's row; false when there was none.
     pub fn delete(&self, id: &SandboxId) -> Result<bool, StoreError> {
-        let changed = self.conn().execute("DELETE FROM sandboxes WHERE id = ?1", [id.as_str()])?;
+        let changed = self
+            .conn()
+            .execute("DELETE FROM sandboxes WHERE id = ?1", [id.as_str()])?;
         Ok(changed == 1)
     }
 }
@@ -203,7 +225,10 @@ fn apply_migrations(conn: &Connection) -> Result<(), StoreError> {
     let version: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as u32;
     if version > known {
-        return Err(StoreError::SchemaTooNew { found: version, known });
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
     }
     for sql in MIGRATIONS.iter().skip(version as usize) {
         conn.execute_batch(sql)?;
@@ -245,12 +270,18 @@ impl RawRow {
     }
 
     fn into_record(self) -> Result<SandboxRecord, StoreError> {
-        let corrupt = |problem: String| StoreError::Corrupt { id: self.id.clone(), problem };
+        let corrupt = |problem: String| StoreError::Corrupt {
+            id: self.id.clone(),
+            problem,
+        };
         Ok(SandboxRecord {
             id: self.id.parse().map_err(|e| corrupt(format!("{e}")))?,
             state: self.state.parse().map_err(|e| corrupt(format!("{e}")))?,
             spec: serde_json::from_str(&self.spec).map_err(|e| corrupt(format!("spec: {e}")))?,
-            accel: self.accel.parse().map_err(|e| corrupt(format!("accel: {e}")))?,
+            accel: self
+                .accel
+                .parse()
+                .map_err(|e| corrupt(format!("accel: {e}")))?,
             image: self.image.clone(),
             created_at: from_ms(self.created_at_ms),
             updated_at: from_ms(self.updated_at_ms),
@@ -263,7 +294,9 @@ impl RawRow {
 }
 
 fn to_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn from_ms(ms: i64) -> SystemTime {
@@ -305,7 +338,7 @@ mod tests {
         store.insert(&a).unwrap();
 
         assert_eq!(store.get(&a.id).unwrap(), Some(a.clone()));
-        assert_eq!(store.list().unwrap(), [a.clone()]);
+        assert_eq!(store.list().unwrap(), std::slice::from_ref(&a));
         assert!(store.delete(&a.id).unwrap());
         assert!(!store.delete(&a.id).unwrap());
         assert_eq!(store.get(&a.id).unwrap(), None);
@@ -318,13 +351,26 @@ mod tests {
         store.insert(&a).unwrap();
 
         let moved = store
-            .transition(&a.id, &[SandboxState::Creating], SandboxState::Error, Some("x"))
+            .transition(
+                &a.id,
+                &[SandboxState::Creating],
+                SandboxState::Error,
+                Some("x"),
+            )
             .unwrap();
         assert!(!moved);
-        assert_eq!(store.get(&a.id).unwrap().unwrap().state, SandboxState::Running);
+        assert_eq!(
+            store.get(&a.id).unwrap().unwrap().state,
+            SandboxState::Running
+        );
 
         let moved = store
-            .transition(&a.id, &[SandboxState::Running], SandboxState::Error, Some("vmm died"))
+            .transition(
+                &a.id,
+                &[SandboxState::Running],
+                SandboxState::Error,
+                Some("vmm died"),
+            )
             .unwrap();
         assert!(moved);
         let got = store.get(&a.id).unwrap().unwrap();
@@ -376,7 +422,13 @@ mod tests {
     fn newer_schema_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("smolvm.db");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(Store::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
     }
 }

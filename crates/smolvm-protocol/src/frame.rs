@@ -21,7 +21,10 @@ pub struct Frame {
 impl Frame {
     /// Creates a frame without data.
     pub fn new(message: Message) -> Self {
-        Self { message, data: Vec::new() }
+        Self {
+            message,
+            data: Vec::new(),
+        }
     }
 
     /// Creates a frame that carries `data`.
@@ -60,7 +63,11 @@ pub enum FrameError {
     #[error("frame I/O failed")]
     Io(#[from] io::Error),
     #[error("frame {part} is {len} bytes, over the {max}-byte limit")]
-    TooLarge { part: &'static str, len: u64, max: u32 },
+    TooLarge {
+        part: &'static str,
+        len: u64,
+        max: u32,
+    },
     #[error("failed to encode frame header")]
     Encode(#[source] serde_json::Error),
     #[error("failed to decode frame header")]
@@ -80,7 +87,11 @@ pub fn parse_prefix(prefix: [u8; 8]) -> Result<(u32, u32), FrameError> {
 fn checked_len(len: usize, max: u32, part: &'static str) -> Result<u32, FrameError> {
     match u32::try_from(len) {
         Ok(len) if len <= max => Ok(len),
-        _ => Err(FrameError::TooLarge { part, len: len as u64, max }),
+        _ => Err(FrameError::TooLarge {
+            part,
+            len: len as u64,
+            max,
+        }),
     }
 }
 
@@ -123,7 +134,10 @@ mod tests {
     #[test]
     fn frame_round_trip_keeps_data() {
         let frame = Frame::with_data(
-            Message::Output { id: RequestId(7), stream: OutputStream::Stderr },
+            Message::Output {
+                id: RequestId(7),
+                stream: OutputStream::Stderr,
+            },
             vec![0, 159, 146, 150, 255],
         );
         let mut buf = Vec::new();
@@ -158,6 +172,9 @@ mod tests {
 
         let mut prefix = [0u8; 8];
         prefix[4..].copy_from_slice(&(MAX_DATA_LEN + 1).to_be_bytes());
-        assert!(matches!(parse_prefix(prefix), Err(FrameError::TooLarge { part: "data", .. })));
+        assert!(matches!(
+            parse_prefix(prefix),
+            Err(FrameError::TooLarge { part: "data", .. })
+        ));
     }
 }

@@ -96,9 +96,15 @@ pub struct SupervisorStatus {
 pub enum Message {
     // ---- Handshake (host -> agent, then agent -> host) ----
     /// First frame from the host on a new connection.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// The agent's reply to `Hello`.
-    HelloOk { version: u32, agent_version: String, kernel: String },
+    HelloOk {
+        version: u32,
+        agent_version: String,
+        kernel: String,
+    },
 
     // ---- Exec ----
     /// Host -> agent: start a command.
@@ -108,15 +114,26 @@ pub enum Message {
         request: ExecRequest,
     },
     /// Agent -> host: the command started with this process id.
-    Started { id: RequestId, pid: u32 },
+    Started {
+        id: RequestId,
+        pid: u32,
+    },
     /// Agent -> host: a chunk of output; the bytes are the frame data.
-    Output { id: RequestId, stream: OutputStream },
+    Output {
+        id: RequestId,
+        stream: OutputStream,
+    },
     /// Host -> agent: bytes for the command's stdin in the frame data; empty
     /// data closes stdin.
-    Stdin { id: RequestId },
+    Stdin {
+        id: RequestId,
+    },
     /// Host -> agent: send `signal` to the command's process group and, for
     /// SIGKILL, to every descendant.
-    Signal { id: RequestId, signal: i32 },
+    Signal {
+        id: RequestId,
+        signal: i32,
+    },
     /// Agent -> host: the command's main process ended. `exit_code` is the
     /// exit status, or 128 + N when killed by signal N.
     Exited {
@@ -129,7 +146,10 @@ pub enum Message {
 
     // ---- Flow control ----
     /// Reader -> sender: `bytes` more may be sent for request `id`.
-    Credit { id: RequestId, bytes: u64 },
+    Credit {
+        id: RequestId,
+        bytes: u64,
+    },
 
     // ---- Files ----
     /// Host -> agent: start writing a file; data follows in `FileChunk`
@@ -143,34 +163,69 @@ pub enum Message {
         create_parents: bool,
     },
     /// Agent -> host: the file is in place.
-    FileWritten { id: RequestId, bytes: u64 },
+    FileWritten {
+        id: RequestId,
+        bytes: u64,
+    },
     /// Host -> agent: send the contents of a file.
-    ReadFile { id: RequestId, path: String, window: u64 },
+    ReadFile {
+        id: RequestId,
+        path: String,
+        window: u64,
+    },
     /// Agent -> host: the size and mode of the file about to be sent.
-    FileInfo { id: RequestId, size: u64, mode: u32 },
+    FileInfo {
+        id: RequestId,
+        size: u64,
+        mode: u32,
+    },
     /// Either way: a chunk of file contents in the frame data.
-    FileChunk { id: RequestId },
+    FileChunk {
+        id: RequestId,
+    },
     /// Either way: the last chunk has been sent.
-    FileEnd { id: RequestId },
+    FileEnd {
+        id: RequestId,
+    },
 
     // ---- Control ----
-    Ping { id: RequestId },
-    Pong { id: RequestId },
+    Ping {
+        id: RequestId,
+    },
+    Pong {
+        id: RequestId,
+    },
     /// Host -> agent: sync disks and power off.
-    Shutdown { id: RequestId },
+    Shutdown {
+        id: RequestId,
+    },
     /// Agent -> host: the agent is about to power off.
-    ShuttingDown { id: RequestId },
+    ShuttingDown {
+        id: RequestId,
+    },
     /// A request failed; no more frames follow for `id`.
-    Failed { id: RequestId, kind: FailureKind, message: String },
+    Failed {
+        id: RequestId,
+        kind: FailureKind,
+        message: String,
+    },
 
     // ---- Supervisor (client -> supervisor) ----
     /// Client -> supervisor: report the sandbox's status.
-    Status { id: RequestId },
+    Status {
+        id: RequestId,
+    },
     /// Supervisor -> client: the reply to `Status`.
-    StatusOk { id: RequestId, status: SupervisorStatus },
+    StatusOk {
+        id: RequestId,
+        status: SupervisorStatus,
+    },
     /// Client -> supervisor: shut the sandbox down and exit; the reply is
     /// `ShuttingDown` once the VMM has exited.
-    Stop { id: RequestId, timeout_ms: u64 },
+    Stop {
+        id: RequestId,
+        timeout_ms: u64,
+    },
 }
 
 impl Message {
@@ -259,12 +314,17 @@ mod tests {
     fn wire_form_snapshot() {
         let id = RequestId(5);
         let cases = [
-            (Message::Hello { version: 1 }, r#"{"type":"hello","version":1}"#),
+            (
+                Message::Hello { version: 1 },
+                r#"{"type":"hello","version":1}"#,
+            ),
             (
                 Message::Exec {
                     id,
                     request: ExecRequest {
-                        command: ExecCommand::Argv { argv: vec!["ls".into(), "-l".into()] },
+                        command: ExecCommand::Argv {
+                            argv: vec!["ls".into(), "-l".into()],
+                        },
                         env: vec![("A".into(), "$(b)".into())],
                         cwd: Some("/tmp".into()),
                         timeout_ms: Some(1000),
@@ -275,7 +335,10 @@ mod tests {
                 r#"{"type":"exec","id":5,"command":{"mode":"argv","argv":["ls","-l"]},"env":[["A","$(b)"]],"cwd":"/tmp","timeout_ms":1000,"stdin":false,"window":65536}"#,
             ),
             (
-                Message::Output { id, stream: OutputStream::Stdout },
+                Message::Output {
+                    id,
+                    stream: OutputStream::Stdout,
+                },
                 r#"{"type":"output","id":5,"stream":"stdout"}"#,
             ),
             (
@@ -288,9 +351,16 @@ mod tests {
                 },
                 r#"{"type":"exited","id":5,"exit_code":137,"signal":9,"timed_out":false,"duration_ms":12}"#,
             ),
-            (Message::Credit { id, bytes: 10 }, r#"{"type":"credit","id":5,"bytes":10}"#),
             (
-                Message::Failed { id, kind: FailureKind::NotFound, message: "x".into() },
+                Message::Credit { id, bytes: 10 },
+                r#"{"type":"credit","id":5,"bytes":10}"#,
+            ),
+            (
+                Message::Failed {
+                    id,
+                    kind: FailureKind::NotFound,
+                    message: "x".into(),
+                },
                 r#"{"type":"failed","id":5,"kind":"not_found","message":"x"}"#,
             ),
         ];
@@ -304,7 +374,11 @@ mod tests {
 
     #[test]
     fn with_id_rewrites_request_id() {
-        let message = Message::Signal { id: RequestId(1), signal: 9 }.with_id(RequestId(42));
+        let message = Message::Signal {
+            id: RequestId(1),
+            signal: 9,
+        }
+        .with_id(RequestId(42));
         assert_eq!(message.id(), Some(RequestId(42)));
     }
 }

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::security::{self, JSON_BODY_LIMIT_BYTES, SecurityPolicy};
 use crate::teardown::Teardowns;
 
-/// What every handler can reach; cheap to clone.
+/// State shared by every handler; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) engine: Engine,

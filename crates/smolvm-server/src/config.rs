@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// Default port, as in `smolvm server --port`.
 pub const DEFAULT_PORT: u16 = 8000;
 
-/// Default largest file accepted by `PUT /sandboxes/{id}/files`, in bytes (1 GiB).
+/// Default maximum size of a file uploaded with `PUT /sandboxes/{id}/files`,
+/// in bytes (1 GiB).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Environment variable that supplies the token when `--token` is absent.
@@ -25,7 +26,7 @@ pub struct ServerConfig {
     /// An origin (`https://app.example`) that browsers may call the API
     /// from. Without it the server sends no CORS headers.
     pub cors_origin: Option<String>,
-    /// Largest file accepted by uploads, in bytes.
+    /// Maximum size of an uploaded file, in bytes.
     pub max_file_bytes: u64,
 }
 
@@ -93,12 +94,11 @@ impl ServerConfig {
             }
             _ => {}
         }
-        if let Some(origin) = &self.cors_origin {
-            if !is_valid_origin(origin) {
-                return Err(ConfigError::InvalidCorsOrigin {
-                    origin: origin.clone(),
-                });
-            }
+        let invalid_origin = self.cors_origin.as_ref().filter(|o| !is_valid_origin(o));
+        if let Some(origin) = invalid_origin {
+            return Err(ConfigError::InvalidCorsOrigin {
+                origin: origin.clone(),
+            });
         }
         if self.max_file_bytes == 0 {
             return Err(ConfigError::ZeroFileLimit);
@@ -118,7 +118,7 @@ impl ServerConfig {
     }
 }
 
-/// Whether `origin` is a serialized web origin: `http` or `https`, a host,
+/// Returns whether `origin` is a serialized web origin: `http` or `https`, a host,
 /// an optional port, and nothing after.
 fn is_valid_origin(origin: &str) -> bool {
     let Some(rest) = origin

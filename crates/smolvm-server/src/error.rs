@@ -3,8 +3,8 @@
 //!
 //! Every error response has the body `{"detail": "...", "code": "..."}`
 //! (plus `field` when one request field is at fault) and carries the code
-//! in the `X-SmolVM-Error-Code` header. 4xx details say what was wrong and
-//! how to fix it. 5xx details never include internals; the full error
+//! in the `X-SmolVM-Error-Code` header. 4xx details state what was wrong
+//! and how to fix it. 5xx details never include internals; the full error
 //! chain is logged once, when the response is built.
 
 use std::error::Error as StdError;
@@ -113,7 +113,7 @@ impl ErrorCode {
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// What went wrong and how to fix it.
+    /// Description of what went wrong and how to fix it.
     pub detail: String,
     pub code: ErrorCode,
     /// The request field at fault, as the caller spelled it (`memory`,

@@ -2,7 +2,8 @@
 //!
 //! Sandbox events come from one watcher that compares successive listings
 //! of the store, so sandboxes created or changed by the CLI or another
-//! server show up too, and each change is reported exactly once. Handlers
+//! server show up too, and each change it detects is reported once. A state
+//! that lasts less than one poll interval (1 s) can be missed. Handlers
 //! that change a sandbox nudge the watcher so it looks at once instead of
 //! at its next tick. Image build progress is published directly by the
 //! create handler. The watcher runs only while someone is subscribed.
@@ -22,8 +23,8 @@ use crate::api::model::{Sandbox, SandboxStatus};
 /// How often the watcher lists sandboxes while someone is subscribed.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Events buffered per subscriber; a subscriber that falls further behind
-/// is told how many it missed.
+/// Events buffered per subscriber. A subscriber that falls further behind
+/// receives a `lagged` event with the number it missed.
 const CHANNEL_CAPACITY: usize = 256;
 
 /// What happened.
@@ -194,7 +195,7 @@ impl EventHub {
 impl HubInner {
     fn publish(&self, event: Event) {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        // An error only means nobody is subscribed.
+        // An error only means that no one is subscribed.
         let _ = self.sender.send(Numbered { seq, event });
     }
 }

@@ -1,9 +1,9 @@
 //! Request extractors that report bad input in the API's error format.
 //!
-//! [`ApiJson`] accepts only `application/json` bodies (415 otherwise, so a
-//! cross-site form post cannot reach a JSON endpoint), reads at most the
-//! router's body limit (413 past it), and turns a malformed body or a bad
-//! field into a 422 that names the field. [`ApiQuery`] does the same for
+//! [`ApiJson`] accepts only `application/json` bodies and rejects others
+//! with 415, so a cross-site form post cannot reach a JSON endpoint. It
+//! reads at most the router's body limit (413 past it), and turns a
+//! malformed body or a bad field into a 422 that names the field. [`ApiQuery`] does the same for
 //! query strings.
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -51,7 +51,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     Ok(value)
 }
 
-/// Whether the content type is `application/json` or `application/*+json`,
+/// Returns whether the content type is `application/json` or `application/*+json`,
 /// with any parameters such as `charset`.
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers

@@ -43,7 +43,7 @@ impl Metrics {
         self.exec.observe(elapsed);
     }
 
-    /// Renders every metric; `states` holds the state of each sandbox.
+    /// Renders every metric; `states` contains the state of each sandbox.
     pub(crate) fn render(&self, states: &[SandboxState]) -> String {
         let mut out = String::new();
         out.push_str("# HELP smolvm_sandboxes Sandboxes on this host, by state.\n");

@@ -13,7 +13,8 @@ use tracing::Instrument;
 /// Header carrying the request id, both ways.
 pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Longest client-supplied request id that is kept; longer ones are replaced.
+/// Maximum length of a client-supplied request id that is kept; longer
+/// ones are replaced.
 const MAX_CLIENT_ID_LEN: usize = 64;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

@@ -34,7 +34,8 @@ pub(crate) const JSON_BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// Paths served without a token: they reveal nothing about sandboxes.
 const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/openapi.json", "/docs"];
 
-/// What the request checks allow, derived from the server settings.
+/// The bind address, token and CORS origin that requests are checked
+/// against, derived from the server settings.
 #[derive(Clone)]
 pub(crate) struct SecurityPolicy {
     /// The bind address; requests naming it in `Host` are accepted.
@@ -65,7 +66,7 @@ impl SecurityPolicy {
         })
     }
 
-    /// Whether the `Host` header value may be served. With a token on an
+    /// Returns whether the `Host` header value may be served. With a token on an
     /// unspecified address (0.0.0.0, ::) any name is accepted, because the
     /// machine's names are unknown and a rebinding page lacks the token.
     fn host_allowed(&self, host: &str) -> bool {
@@ -90,8 +91,8 @@ impl SecurityPolicy {
         }
     }
 
-    /// Whether a request carrying `Origin: origin` may be served; `host`
-    /// is its `Host` header, which identifies the server's own origin.
+    /// Returns whether a request carrying `Origin: origin` may be served.
+    /// `host` is its `Host` header, which identifies the server's own origin.
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         if self
             .cors_origin
@@ -149,16 +150,15 @@ fn check(policy: &SecurityPolicy, request: &Request) -> Result<(), ApiError> {
 
     // HTTP/1.1 clients always send Host; one without it is not a browser,
     // so DNS rebinding does not apply.
-    if let Some(host) = &host {
-        if !policy.host_allowed(host) {
-            return Err(ApiError::new(
-                ErrorCode::HostNotAllowed,
-                format!(
-                    "Host {host:?} is not allowed; call the server by a loopback address such \
-                     as 127.0.0.1 or localhost, or by the address it listens on"
-                ),
-            ));
-        }
+    let foreign_host = host.as_deref().filter(|host| !policy.host_allowed(host));
+    if let Some(host) = foreign_host {
+        return Err(ApiError::new(
+            ErrorCode::HostNotAllowed,
+            format!(
+                "Host {host:?} is not allowed; call the server by a loopback address such \
+                 as 127.0.0.1 or localhost, or by the address it listens on"
+            ),
+        ));
     }
 
     if let Some(origin) = headers.get(header::ORIGIN) {

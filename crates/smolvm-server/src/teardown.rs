@@ -1,11 +1,11 @@
 //! Sandboxes this server is stopping or deleting. Powering a sandbox off
 //! terminates its commands, which then look like any command killed by a
-//! signal; this record lets an exec cut short that way say why.
+//! signal. This record lets an exec cut short that way report why.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Why a sandbox is going away.
+/// Reason a sandbox is going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Teardown {
     Stop,

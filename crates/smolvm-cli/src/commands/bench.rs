@@ -70,7 +70,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ])
         })
         .collect();
-    print!("{}", table(&["METRIC", "N", "MEDIAN", "P95", "UNIT"], &rows));
+    print!(
+        "{}",
+        table(&["METRIC", "N", "MEDIAN", "P95", "UNIT"], &rows)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -88,7 +91,10 @@ const ORDER: &[(&str, &str)] = &[
 ];
 
 async fn bench_one(engine: &Engine, args: &Args, samples: &mut Samples) -> anyhow::Result<()> {
-    let request = CreateRequest { network: args.network, ..Default::default() };
+    let request = CreateRequest {
+        network: args.network,
+        ..Default::default()
+    };
     let started = Instant::now();
     let info = engine.create(request, &|_: CreateProgress| {}).await?;
     let id = info.id.clone();
@@ -132,23 +138,37 @@ async fn measure(
         let started = Instant::now();
         let output = engine.exec(id, &spec).await?;
         samples.time(metric, started);
-        anyhow::ensure!(output.stdout.len() == mib * MIB, "short output from {metric}");
+        anyhow::ensure!(
+            output.stdout.len() == mib * MIB,
+            "short output from {metric}"
+        );
     }
 
     let data = vec![0x5au8; 10 * MIB];
     let started = Instant::now();
-    engine.write_file(id, "/tmp/bench.bin", 0o644, false, &mut data.as_slice()).await?;
+    engine
+        .write_file(id, "/tmp/bench.bin", 0o644, false, &mut data.as_slice())
+        .await?;
     samples.time("copy in 10 MiB", started);
 
     let started = Instant::now();
-    let back = engine.read_file(id, "/tmp/bench.bin").await?.read_to_end().await?;
+    let back = engine
+        .read_file(id, "/tmp/bench.bin")
+        .await?
+        .read_to_end()
+        .await?;
     samples.time("copy out 10 MiB", started);
     anyhow::ensure!(back == data, "file changed in the round trip");
     Ok(())
 }
 
 fn exec_spec(command: &str, shell: ShellMode) -> ExecSpec {
-    ExecSpec { command: command.into(), shell, timeout_secs: Some(120), ..Default::default() }
+    ExecSpec {
+        command: command.into(),
+        shell,
+        timeout_secs: Some(120),
+        ..Default::default()
+    }
 }
 
 /// Sums the resident memory of every process serving the sandbox (its
@@ -157,7 +177,9 @@ fn sandbox_rss_mib(id: &str) -> f64 {
     let mut kib = 0u64;
     let own = std::process::id();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == own {
             continue;
         }
@@ -184,7 +206,10 @@ fn is_slirp_for(pid: u32, id: &str) -> bool {
         return false;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let parent = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
+    let parent = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1));
     let Some(parent) = parent else { return false };
     let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
     String::from_utf8_lossy(&cmdline).contains(id)

@@ -46,7 +46,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build(args) => {
             let agent_binary = locate_agent_binary()?;
-            let options = BuildOptions { agent_binary, force: args.force };
+            let options = BuildOptions {
+                agent_binary,
+                force: args.force,
+            };
             let image = tokio::task::spawn_blocking(move || {
                 images.build_default(&options, &mut |step: &BuildProgress| eprintln!("{step}"))
             })
@@ -95,7 +98,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         ]
                     })
                     .collect();
-                print!("{}", table(&["NAME", "FINGERPRINT", "KERNEL", "SIZE", "CREATED"], &rows));
+                print!(
+                    "{}",
+                    table(&["NAME", "FINGERPRINT", "KERNEL", "SIZE", "CREATED"], &rows)
+                );
             }
         }
         Command::Rm(args) => {

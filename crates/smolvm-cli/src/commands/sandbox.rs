@@ -173,7 +173,9 @@ async fn list(args: JsonArg) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    let header = ["ID", "STATUS", "IMAGE", "MEMORY", "CPUS", "ACCEL", "NETWORK", "CREATED"];
+    let header = [
+        "ID", "STATUS", "IMAGE", "MEMORY", "CPUS", "ACCEL", "NETWORK", "CREATED",
+    ];
     print!("{}", table(&header, &rows));
     Ok(ExitCode::SUCCESS)
 }
@@ -195,7 +197,10 @@ fn show(info: &SandboxInfo, json: bool) {
         ("accel", info.accel.to_string()),
         ("network", info.network.to_string()),
         ("created_at", info.created_at.clone()),
-        ("boot_ms", info.boot_ms.map_or("-".into(), |ms| ms.to_string())),
+        (
+            "boot_ms",
+            info.boot_ms.map_or("-".into(), |ms| ms.to_string()),
+        ),
         ("error", info.error.clone().unwrap_or_else(|| "-".into())),
     ];
     for (name, value) in lines {

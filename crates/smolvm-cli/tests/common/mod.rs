@@ -42,7 +42,9 @@ pub(crate) fn skip(test: &str) -> bool {
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The images directory of the invoking user's smolvm, shared by tests.
@@ -53,7 +55,13 @@ pub(crate) fn shared_images_dir() -> PathBuf {
 /// A private data directory for this test process.
 pub(crate) fn data_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::Builder::new().prefix("smolvm-e2e").tempdir().unwrap()).path()
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("smolvm-e2e")
+            .tempdir()
+            .unwrap()
+    })
+    .path()
 }
 
 /// A `smolvm` command on the test data directory.
@@ -73,7 +81,11 @@ pub(crate) fn run(args: &[&str]) -> Output {
 
 /// Runs `smolvm ARGS` on the data directory `data_dir` instead.
 pub(crate) fn run_in(data_dir: &Path, args: &[&str]) -> Output {
-    smolvm().env("SMOLVM_DATA_DIR", data_dir).args(args).output().expect("smolvm runs")
+    smolvm()
+        .env("SMOLVM_DATA_DIR", data_dir)
+        .args(args)
+        .output()
+        .expect("smolvm runs")
 }
 
 pub(crate) fn stdout(output: &Output) -> String {
@@ -94,7 +106,11 @@ impl Sandbox {
         let mut args = vec!["sandbox", "create"];
         args.extend_from_slice(extra);
         let output = run(&args);
-        assert!(output.status.success(), "create failed: {}", stderr(&output));
+        assert!(
+            output.status.success(),
+            "create failed: {}",
+            stderr(&output)
+        );
         let id = stdout(&output).trim().to_owned();
         assert!(id.starts_with("sbx-"), "unexpected create output {id:?}");
         Self { id }
@@ -142,13 +158,20 @@ impl Drop for Sandbox {
 pub(crate) fn pids_mentioning(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
         if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
             pids.push(pid);
         }

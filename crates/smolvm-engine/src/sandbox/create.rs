@@ -30,7 +30,9 @@ pub enum CreateProgress {
     Image(BuildProgress),
     /// Waiting for a free boot slot.
     Queued,
-    Booting { id: String },
+    Booting {
+        id: String,
+    },
 }
 
 impl Engine {
@@ -55,7 +57,10 @@ impl Engine {
         let dir = self.sandbox_dir(&id);
         if let Some(path) = dir.socket_path_too_long() {
             return Err(EngineError::HostUnavailable {
-                what: format!("socket path {} is longer than the kernel's limit", path.display()),
+                what: format!(
+                    "socket path {} is longer than the kernel's limit",
+                    path.display()
+                ),
                 fix: "set SMOLVM_DATA_DIR to a shorter directory".into(),
             });
         }
@@ -103,12 +108,17 @@ impl Engine {
             qemu_args: qemu.args(),
             network: qemu.network,
             boot_timeout_ms: BOOT_TIMEOUT_SECS * 1000,
-            image_files: vec![image.kernel.clone(), image.initrd.clone(), image.root_disk.clone()],
+            image_files: vec![
+                image.kernel.clone(),
+                image.initrd.clone(),
+                image.root_disk.clone(),
+            ],
         };
         write_launch_config(&dir, &launch)?;
 
         progress(CreateProgress::Booting { id: id.to_string() });
-        self.boot(&id, &dir, progress, &mut guard.supervisor_pid).await?;
+        self.boot(&id, &dir, progress, &mut guard.supervisor_pid)
+            .await?;
         guard.disarm();
         self.get(id.as_str()).await
     }
@@ -127,7 +137,10 @@ impl Engine {
         let images = self.images().clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let build = tokio::task::spawn_blocking(move || {
-            let options = BuildOptions { agent_binary, force: false };
+            let options = BuildOptions {
+                agent_binary,
+                force: false,
+            };
             images.build_default(&options, &mut |step: &BuildProgress| {
                 let _ = tx.send(step.clone());
             })
@@ -137,10 +150,12 @@ impl Engine {
         }
         build.await.expect("image build does not panic")?;
 
-        self.images().resolve(reference)?.ok_or_else(|| EngineError::Boot {
-            id: String::new(),
-            reason: "the default image was built but cannot be found".into(),
-        })
+        self.images()
+            .resolve(reference)?
+            .ok_or_else(|| EngineError::Boot {
+                id: String::new(),
+                reason: "the default image was built but cannot be found".into(),
+            })
     }
 
     /// Spawns a supervisor for the sandbox in `dir` and waits until it
@@ -155,7 +170,12 @@ impl Engine {
         if self.inner.boot_slots.available_permits() == 0 {
             progress(CreateProgress::Queued);
         }
-        let _slot = self.inner.boot_slots.acquire().await.expect("boot semaphore is never closed");
+        let _slot = self
+            .inner
+            .boot_slots
+            .acquire()
+            .await
+            .expect("boot semaphore is never closed");
 
         let (ready_read, ready_write) = pipe()?;
         let mut child = spawn_supervisor(&self.inner.smolvm_program, dir, ready_write)?;
@@ -178,7 +198,10 @@ impl Engine {
                         format!("the supervisor exited without reporting; its log: {log}")
                     }
                 };
-                Err(EngineError::Boot { id: id.to_string(), reason })
+                Err(EngineError::Boot {
+                    id: id.to_string(),
+                    reason,
+                })
             }
             Err(_) => Err(EngineError::Boot {
                 id: id.to_string(),
@@ -193,7 +216,8 @@ fn check_host(spec: &SandboxSpec) -> Result<(), EngineError> {
     if spec.backend == Backend::Firecracker {
         let fix = "create the sandbox with backend qemu (or auto)".to_owned();
         let what = match find_program("firecracker") {
-            None => "backend firecracker needs a `firecracker` binary on PATH, and none was found".into(),
+            None => "backend firecracker needs a `firecracker` binary on PATH, and none was found"
+                .into(),
             Some(path) => format!(
                 "backend firecracker is not supported by this smolvm yet (found {})",
                 path.display()
@@ -217,7 +241,8 @@ fn check_host(spec: &SandboxSpec) -> Result<(), EngineError> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err(EngineError::HostUnavailable {
-                what: "network open runs the VMM in its own network namespace, which needs root".into(),
+                what: "network open runs the VMM in its own network namespace, which needs root"
+                    .into(),
                 fix: "run smolvm as root, or create the sandbox with network off".into(),
             });
         }
@@ -228,7 +253,9 @@ fn check_host(spec: &SandboxSpec) -> Result<(), EngineError> {
 /// Finds `name` in the directories of `PATH`.
 pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 async fn create_overlay(image: &BootImage, disk: &Path, disk_mib: u32) -> Result<(), EngineError> {
@@ -244,7 +271,9 @@ async fn create_overlay(image: &BootImage, disk: &Path, disk_mib: u32) -> Result
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| EngineError::io("run qemu-img (install it with scripts/install-deps.sh)", e))?;
+        .map_err(|e| {
+            EngineError::io("run qemu-img (install it with scripts/install-deps.sh)", e)
+        })?;
     if !output.status.success() {
         return Err(EngineError::Boot {
             id: String::new(),
@@ -274,7 +303,9 @@ fn spawn_supervisor(
         .append(true)
         .open(&log_path)
         .map_err(|e| EngineError::io(format!("open {}", log_path.display()), e))?;
-    let log_err = log.try_clone().map_err(|e| EngineError::io("duplicate the log file", e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| EngineError::io("duplicate the log file", e))?;
 
     let mut command = tokio::process::Command::new(program);
     command
@@ -310,7 +341,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(EngineError::io("create a pipe", std::io::Error::last_os_error()));
+        return Err(EngineError::io(
+            "create a pipe",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and unowned.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -329,7 +363,14 @@ struct CreateGuard<'a> {
 
 impl<'a> CreateGuard<'a> {
     fn new(store: &'a Store, id: SandboxId, dir: SandboxDir) -> Self {
-        Self { store, id, dir, row_inserted: false, supervisor_pid: None, armed: true }
+        Self {
+            store,
+            id,
+            dir,
+            row_inserted: false,
+            supervisor_pid: None,
+            armed: true,
+        }
     }
 
     fn disarm(&mut self) {
@@ -345,15 +386,15 @@ impl Drop for CreateGuard<'_> {
         if let Some(pid) = self.supervisor_pid {
             super::reconcile::kill_and_wait(pid, Duration::from_secs(5));
         }
-        if let Err(e) = std::fs::remove_dir_all(self.dir.root()) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(sandbox.id = %self.id, error = %e, "failed to remove the directory of a failed create");
-            }
+        if let Err(e) = std::fs::remove_dir_all(self.dir.root())
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox.id = %self.id, error = %e, "failed to remove the directory of a failed create");
         }
-        if self.row_inserted {
-            if let Err(e) = self.store.delete(&self.id) {
-                tracing::warn!(sandbox.id = %self.id, error = %e, "failed to remove the row of a failed create");
-            }
+        if self.row_inserted
+            && let Err(e) = self.store.delete(&self.id)
+        {
+            tracing::warn!(sandbox.id = %self.id, error = %e, "failed to remove the row of a failed create");
         }
     }
 }

@@ -20,7 +20,12 @@ pub enum EngineError {
     #[error(transparent)]
     Invalid(#[from] SpecError),
     #[error("cannot {action} sandbox {id}: it is {state}{hint}")]
-    WrongState { id: String, state: SandboxState, action: &'static str, hint: &'static str },
+    WrongState {
+        id: String,
+        state: SandboxState,
+        action: &'static str,
+        hint: &'static str,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -51,14 +56,20 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Wraps a client error for sandbox `id`, keeping guest failures as such.
     pub(crate) fn from_client(id: &str, source: ClientError) -> Self {
         match source {
             ClientError::Failed { kind, message } => Self::Guest { kind, message },
-            source => Self::Agent { id: id.to_owned(), source },
+            source => Self::Agent {
+                id: id.to_owned(),
+                source,
+            },
         }
     }
 }

@@ -25,7 +25,12 @@ pub enum ExecEvent {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// The main process exited; no events follow.
-    Exited { exit_code: i32, signal: Option<i32>, timed_out: bool, duration_ms: u64 },
+    Exited {
+        exit_code: i32,
+        signal: Option<i32>,
+        timed_out: bool,
+        duration_ms: u64,
+    },
 }
 
 /// The result of a buffered exec.
@@ -69,7 +74,12 @@ impl Engine {
         let client_error = |e| EngineError::from_client(id, e);
         let mut conn = Connection::connect(&socket).await.map_err(client_error)?;
         let exec_id = conn.next_id();
-        conn.send(Message::Exec { id: exec_id, request }).await.map_err(client_error)?;
+        conn.send(Message::Exec {
+            id: exec_id,
+            request,
+        })
+        .await
+        .map_err(client_error)?;
 
         let limit = Duration::from_secs(spec.timeout_secs()) + AGENT_GRACE;
         Ok(ExecStream {
@@ -91,7 +101,12 @@ impl Engine {
             match event {
                 ExecEvent::Stdout(bytes) => stdout.push(&bytes),
                 ExecEvent::Stderr(bytes) => stderr.push(&bytes),
-                ExecEvent::Exited { exit_code, signal, timed_out, duration_ms } => {
+                ExecEvent::Exited {
+                    exit_code,
+                    signal,
+                    timed_out,
+                    duration_ms,
+                } => {
                     return Ok(ExecOutput {
                         exit_code,
                         stdout: String::from_utf8_lossy(&stdout.bytes).into_owned(),
@@ -132,16 +147,33 @@ impl ExecStream {
             match frame.message {
                 Message::Started { .. } => continue,
                 Message::Output { stream, .. } => {
-                    let credit = Message::Credit { id: self.id, bytes: frame.data.len() as u64 };
-                    self.conn.send(credit).await.map_err(|e| EngineError::from_client(&self.sandbox, e))?;
+                    let credit = Message::Credit {
+                        id: self.id,
+                        bytes: frame.data.len() as u64,
+                    };
+                    self.conn
+                        .send(credit)
+                        .await
+                        .map_err(|e| EngineError::from_client(&self.sandbox, e))?;
                     return Ok(Some(match stream {
                         OutputStream::Stdout => ExecEvent::Stdout(frame.data),
                         OutputStream::Stderr => ExecEvent::Stderr(frame.data),
                     }));
                 }
-                Message::Exited { exit_code, signal, timed_out, duration_ms, .. } => {
+                Message::Exited {
+                    exit_code,
+                    signal,
+                    timed_out,
+                    duration_ms,
+                    ..
+                } => {
                     self.finished = true;
-                    return Ok(Some(ExecEvent::Exited { exit_code, signal, timed_out, duration_ms }));
+                    return Ok(Some(ExecEvent::Exited {
+                        exit_code,
+                        signal,
+                        timed_out,
+                        duration_ms,
+                    }));
                 }
                 Message::Failed { kind, message, .. } => {
                     self.finished = true;
@@ -154,8 +186,14 @@ impl ExecStream {
 
     /// Kills the command and everything it started.
     pub async fn kill(&mut self) -> Result<(), EngineError> {
-        let signal = Message::Signal { id: self.id, signal: libc::SIGKILL };
-        self.conn.send(signal).await.map_err(|e| EngineError::from_client(&self.sandbox, e))
+        let signal = Message::Signal {
+            id: self.id,
+            signal: libc::SIGKILL,
+        };
+        self.conn
+            .send(signal)
+            .await
+            .map_err(|e| EngineError::from_client(&self.sandbox, e))
     }
 }
 
@@ -172,7 +210,8 @@ impl Capped {
         if chunk.len() > room {
             self.truncated = true;
         }
-        self.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 }
 

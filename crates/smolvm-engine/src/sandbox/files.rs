@@ -31,7 +31,12 @@ impl Engine {
         let client_error = |e| EngineError::from_client(id, e);
 
         let file_id = conn.next_id();
-        let start = Message::WriteFile { id: file_id, path: path.to_owned(), mode, create_parents };
+        let start = Message::WriteFile {
+            id: file_id,
+            path: path.to_owned(),
+            mode,
+            create_parents,
+        };
         conn.send(start).await.map_err(client_error)?;
 
         let mut buffer = vec![0u8; CHUNK_BYTES];
@@ -46,7 +51,9 @@ impl Engine {
             let chunk = Frame::with_data(Message::FileChunk { id: file_id }, buffer[..n].to_vec());
             conn.send_frame(&chunk).await.map_err(client_error)?;
         }
-        conn.send(Message::FileEnd { id: file_id }).await.map_err(client_error)?;
+        conn.send(Message::FileEnd { id: file_id })
+            .await
+            .map_err(client_error)?;
 
         loop {
             let frame = conn.recv().await.map_err(client_error)?;
@@ -67,7 +74,11 @@ impl Engine {
         let client_error = |e| EngineError::from_client(id, e);
 
         let file_id = conn.next_id();
-        let request = Message::ReadFile { id: file_id, path: path.to_owned(), window: READ_WINDOW };
+        let request = Message::ReadFile {
+            id: file_id,
+            path: path.to_owned(),
+            window: READ_WINDOW,
+        };
         conn.send(request).await.map_err(client_error)?;
 
         loop {
@@ -101,7 +112,9 @@ impl Engine {
             return Err(wrong_state(&record, action));
         }
         let socket = self.sandbox_dir(&record.id).control_socket();
-        Connection::connect(&socket).await.map_err(|e| EngineError::from_client(id, e))
+        Connection::connect(&socket)
+            .await
+            .map_err(|e| EngineError::from_client(id, e))
     }
 }
 
@@ -145,7 +158,10 @@ impl FileReader {
             }
             match frame.message {
                 Message::FileChunk { .. } => {
-                    let credit = Message::Credit { id: self.id, bytes: frame.data.len() as u64 };
+                    let credit = Message::Credit {
+                        id: self.id,
+                        bytes: frame.data.len() as u64,
+                    };
                     self.conn.send(credit).await.map_err(client_error)?;
                     return Ok(Some(frame.data));
                 }

@@ -59,7 +59,14 @@ impl Engine {
 
         let dir = self.sandbox_dir(&record.id);
         let mut supervisor_pid = None;
-        let booted = self.boot(&record.id, &dir, &|_: CreateProgress| {}, &mut supervisor_pid).await;
+        let booted = self
+            .boot(
+                &record.id,
+                &dir,
+                &|_: CreateProgress| {},
+                &mut supervisor_pid,
+            )
+            .await;
         if let Err(e) = booted {
             if let Some(pid) = supervisor_pid {
                 kill_and_wait(pid, Duration::from_secs(5));
@@ -107,8 +114,9 @@ impl Engine {
                 Err(_) => false,
             };
             if !known {
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(|e| EngineError::io(format!("remove {}", entry.path().display()), e))?;
+                std::fs::remove_dir_all(entry.path()).map_err(|e| {
+                    EngineError::io(format!("remove {}", entry.path().display()), e)
+                })?;
                 removed.push(name);
             }
         }
@@ -122,7 +130,9 @@ impl Engine {
         let mut in_use = Vec::new();
         for record in self.store().list()? {
             let path = self.sandbox_dir(&record.id).launch_config();
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             if let Ok(launch) = serde_json::from_str::<LaunchConfig>(&text) {
                 in_use.extend(launch.image_files);
             }
@@ -136,29 +146,31 @@ impl Engine {
     /// supervisor and VMM are gone afterwards, killing them if needed.
     async fn shut_down(&self, record: &SandboxRecord, grace: Duration) {
         let dir = self.sandbox_dir(&record.id);
-        if self.supervisor_alive(record) {
-            if let Ok(mut conn) = Connection::connect(&dir.control_socket()).await {
-                if let Err(e) = conn.stop(grace).await {
-                    tracing::warn!(sandbox.id = %record.id, error = %e, "graceful stop failed; killing");
-                }
-            }
+        if self.supervisor_alive(record)
+            && let Ok(mut conn) = Connection::connect(&dir.control_socket()).await
+            && let Err(e) = conn.stop(grace).await
+        {
+            tracing::warn!(sandbox.id = %record.id, error = %e, "graceful stop failed; killing");
         }
 
         let current = self.store().get(&record.id).ok().flatten();
-        let supervisor = current.as_ref().and_then(|r| r.supervisor_pid).or(record.supervisor_pid);
-        if let Some(pid) = supervisor {
-            if super::reconcile::is_supervisor_of(pid, &record.id) && !wait_gone(pid, grace).await {
-                kill_and_wait(pid, Duration::from_secs(5));
-            }
+        let supervisor = current
+            .as_ref()
+            .and_then(|r| r.supervisor_pid)
+            .or(record.supervisor_pid);
+        if let Some(pid) = supervisor
+            && super::reconcile::is_supervisor_of(pid, &record.id)
+            && !wait_gone(pid, grace).await
+        {
+            kill_and_wait(pid, Duration::from_secs(5));
         }
         // The VMM dies with its supervisor (parent-death signal); this
         // catches one that outlived it anyway.
-        if let Some(vmm) = current.as_ref().and_then(|r| r.vmm_pid).or(record.vmm_pid) {
-            if super::reconcile::process_mentions(vmm, dir.root().to_string_lossy().as_ref())
-                && !wait_gone(vmm, Duration::from_secs(2)).await
-            {
-                kill_and_wait(vmm, Duration::from_secs(5));
-            }
+        if let Some(vmm) = current.as_ref().and_then(|r| r.vmm_pid).or(record.vmm_pid)
+            && super::reconcile::process_mentions(vmm, dir.root().to_string_lossy().as_ref())
+            && !wait_gone(vmm, Duration::from_secs(2)).await
+        {
+            kill_and_wait(vmm, Duration::from_secs(5));
         }
         for socket in dir.sockets() {
             let _ = std::fs::remove_file(socket);
@@ -170,7 +182,12 @@ impl Engine {
         match std::fs::remove_dir_all(dir.root()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(EngineError::io(format!("remove {}", dir.root().display()), e)),
+            Err(e) => {
+                return Err(EngineError::io(
+                    format!("remove {}", dir.root().display()),
+                    e,
+                ));
+            }
         }
         if !self.store().delete(id)? {
             return Err(EngineError::NotFound { id: id.to_string() });
@@ -187,8 +204,15 @@ pub(super) fn wrong_state(record: &SandboxRecord, action: &'static str) -> Engin
         SandboxState::Stopped if needs_running => "; start it first with `smolvm sandbox start`",
         SandboxState::Creating => "; wait until it is running",
         SandboxState::Stopping => "; wait until it has stopped",
-        SandboxState::Error => "; see its error with `smolvm sandbox info`, then start or delete it",
+        SandboxState::Error => {
+            "; see its error with `smolvm sandbox info`, then start or delete it"
+        }
         _ => "",
     };
-    EngineError::WrongState { id: record.id.to_string(), state: record.state, action, hint }
+    EngineError::WrongState {
+        id: record.id.to_string(),
+        state: record.state,
+        action,
+        hint,
+    }
 }

@@ -50,15 +50,27 @@ impl Engine {
     /// Opens the engine on `paths`, creating its directories and database.
     /// `smolvm_program` is the binary that supervises sandboxes.
     pub fn open(paths: Paths, smolvm_program: PathBuf) -> Result<Self, EngineError> {
-        for dir in [paths.data_dir().to_path_buf(), paths.sandboxes_dir(), paths.cache_dir()] {
+        for dir in [
+            paths.data_dir().to_path_buf(),
+            paths.sandboxes_dir(),
+            paths.cache_dir(),
+        ] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| EngineError::io(format!("create {}", dir.display()), source))?;
         }
         let store = Store::open(&paths.database())?;
         let images = ImageStore::new(&paths);
         let boot_slots = Semaphore::new(crate::limits::host_cpus() as usize);
-        let inner = Inner { paths, store, images, smolvm_program, boot_slots };
-        Ok(Self { inner: Arc::new(inner) })
+        let inner = Inner {
+            paths,
+            store,
+            images,
+            smolvm_program,
+            boot_slots,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn paths(&self) -> &Paths {
@@ -87,12 +99,16 @@ impl Engine {
     /// Lists every sandbox on the host, reconciled with its processes.
     pub async fn list(&self) -> Result<Vec<SandboxInfo>, EngineError> {
         let records = self.inner.store.list()?;
-        Ok(records.into_iter().map(|r| SandboxInfo::from(&self.reconcile(r))).collect())
+        Ok(records
+            .into_iter()
+            .map(|r| SandboxInfo::from(&self.reconcile(r)))
+            .collect())
     }
 
     fn record(&self, id: &str) -> Result<SandboxRecord, EngineError> {
-        let parsed: SandboxId =
-            id.parse().map_err(|_| EngineError::NotFound { id: id.to_owned() })?;
+        let parsed: SandboxId = id
+            .parse()
+            .map_err(|_| EngineError::NotFound { id: id.to_owned() })?;
         self.inner
             .store
             .get(&parsed)?

@@ -23,7 +23,9 @@ impl Engine {
         // A create in another process may not have spawned its supervisor
         // yet; give it the boot timeout before calling it dead.
         if record.state == SandboxState::Creating && record.supervisor_pid.is_none() {
-            let age = SystemTime::now().duration_since(record.updated_at).unwrap_or_default();
+            let age = SystemTime::now()
+                .duration_since(record.updated_at)
+                .unwrap_or_default();
             if age < Duration::from_secs(BOOT_TIMEOUT_SECS + 30) {
                 return record;
             }
@@ -32,24 +34,36 @@ impl Engine {
         let reason = "the sandbox's supervisor exited unexpectedly";
         tracing::warn!(sandbox.id = %record.id, "supervisor gone; marking the sandbox as error");
         let dir = self.sandbox_dir(&record.id);
-        if let Some(vmm) = record.vmm_pid {
-            if process_mentions(vmm, dir.root().to_string_lossy().as_ref()) {
-                kill_and_wait(vmm, Duration::from_secs(2));
-            }
+        if let Some(vmm) = record.vmm_pid
+            && process_mentions(vmm, dir.root().to_string_lossy().as_ref())
+        {
+            kill_and_wait(vmm, Duration::from_secs(2));
         }
         for socket in dir.sockets() {
             let _ = std::fs::remove_file(socket);
         }
 
-        let from = [SandboxState::Creating, SandboxState::Running, SandboxState::Stopping];
-        let _ = self.store().transition(&record.id, &from, SandboxState::Error, Some(reason));
-        self.store().get(&record.id).ok().flatten().unwrap_or(record)
+        let from = [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Stopping,
+        ];
+        let _ = self
+            .store()
+            .transition(&record.id, &from, SandboxState::Error, Some(reason));
+        self.store()
+            .get(&record.id)
+            .ok()
+            .flatten()
+            .unwrap_or(record)
     }
 
     /// Whether the recorded supervisor runs and is really this sandbox's
     /// (a recycled pid belongs to some other program).
     pub(super) fn supervisor_alive(&self, record: &SandboxRecord) -> bool {
-        record.supervisor_pid.is_some_and(|pid| is_supervisor_of(pid, &record.id))
+        record
+            .supervisor_pid
+            .is_some_and(|pid| is_supervisor_of(pid, &record.id))
     }
 }
 
@@ -64,16 +78,22 @@ pub(super) fn process_mentions(pid: u32, needle: &str) -> bool {
     if is_zombie_or_gone(pid) {
         return false;
     }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     text.contains(needle)
 }
 
 fn is_zombie_or_gone(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
     // The state letter follows the command name, which is in parentheses
     // and may itself contain spaces or parentheses.
-    let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
     matches!(state, Some("Z") | Some("X") | None)
 }
 
@@ -125,7 +145,10 @@ mod tests {
 
     #[test]
     fn kill_and_wait_ends_a_child() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         kill_and_wait(child.id(), Duration::from_secs(5));
         let status = child.wait().unwrap();
         assert!(!status.success());

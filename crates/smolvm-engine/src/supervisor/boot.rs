@@ -53,7 +53,9 @@ pub enum BootError {
     Timeout { timeout: Duration, console: String },
     #[error("agent handshake failed")]
     Handshake(#[source] FrameError),
-    #[error("the agent speaks protocol version {found}, this host speaks {PROTOCOL_VERSION}; rebuild the image with `smolvm image build --force`")]
+    #[error(
+        "the agent speaks protocol version {found}, this host speaks {PROTOCOL_VERSION}; rebuild the image with `smolvm image build --force`"
+    )]
     VersionMismatch { found: u32 },
     #[error("failed to bind the control socket {path}")]
     Bind {
@@ -112,26 +114,44 @@ pub(super) async fn boot(dir: &SandboxDir) -> Result<Booted, BootError> {
     let boot_ms = started.elapsed().as_millis() as u64;
 
     let control = dir.control_socket();
-    let listener = UnixListener::bind(&control)
-        .map_err(|source| BootError::Bind { path: control.clone(), source })?;
+    let listener = UnixListener::bind(&control).map_err(|source| BootError::Bind {
+        path: control.clone(),
+        source,
+    })?;
     store.set_running(&config.sandbox_id, vmm_pid, boot_ms)?;
 
     let status = status_of(&config, vmm_pid, &hello, boot_ms);
-    Ok(Booted { config, store, vmm, agent, listener, status, slirp })
+    Ok(Booted {
+        config,
+        store,
+        vmm,
+        agent,
+        listener,
+        status,
+        slirp,
+    })
 }
 
 /// When the agent connection failed because the VMM is exiting, returns
 /// that (with the console output) as the more useful error.
 async fn explain_vmm_exit(dir: &SandboxDir, vmm: &mut Child) -> Option<BootError> {
-    let status = tokio::time::timeout(Duration::from_secs(2), vmm.wait()).await.ok()?.ok()?;
+    let status = tokio::time::timeout(Duration::from_secs(2), vmm.wait())
+        .await
+        .ok()?
+        .ok()?;
     let console = SandboxDir::log_tail(&dir.console_log(), 2000);
-    Some(BootError::VmmExited { status: status.to_string(), console })
+    Some(BootError::VmmExited {
+        status: status.to_string(),
+        console,
+    })
 }
 
 fn read_config(dir: &SandboxDir) -> Result<LaunchConfig, BootError> {
     let path = dir.launch_config();
-    let text = std::fs::read_to_string(&path)
-        .map_err(|source| BootError::ReadConfig { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| BootError::ReadConfig {
+        path: path.clone(),
+        source,
+    })?;
     serde_json::from_str(&text).map_err(|source| BootError::ParseConfig { path, source })
 }
 
@@ -190,10 +210,16 @@ async fn connect_agent(dir: &SandboxDir) -> Result<(UnixStream, Message), BootEr
         }
     };
 
-    let hello = Frame::new(Message::Hello { version: PROTOCOL_VERSION });
-    write_frame(&mut stream, &hello).await.map_err(BootError::Handshake)?;
+    let hello = Frame::new(Message::Hello {
+        version: PROTOCOL_VERSION,
+    });
+    write_frame(&mut stream, &hello)
+        .await
+        .map_err(BootError::Handshake)?;
     loop {
-        let frame = read_frame(&mut stream).await.map_err(BootError::Handshake)?;
+        let frame = read_frame(&mut stream)
+            .await
+            .map_err(BootError::Handshake)?;
         match frame.message {
             Message::HelloOk { version, .. } if version != PROTOCOL_VERSION => {
                 return Err(BootError::VersionMismatch { found: version });

@@ -58,10 +58,16 @@ struct StopRequest {
 /// `ready` receives one line, `ok` or `error: ...`, once boot succeeds or
 /// fails. Returns the process exit code.
 pub fn run(dir: &Path, ready: Option<OwnedFd>) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
-            report_ready(ready, &format!("error: failed to start the supervisor runtime: {e}"));
+            report_ready(
+                ready,
+                &format!("error: failed to start the supervisor runtime: {e}"),
+            );
             return 1;
         }
     };
@@ -79,7 +85,15 @@ async fn supervise(dir: SandboxDir, ready: Option<OwnedFd>) -> i32 {
             return 1;
         }
     };
-    let boot::Booted { config, store, mut vmm, agent, listener, status, slirp } = booted;
+    let boot::Booted {
+        config,
+        store,
+        mut vmm,
+        agent,
+        listener,
+        status,
+        slirp,
+    } = booted;
     report_ready(ready, "ok");
     tracing::info!(sandbox.id = %config.sandbox_id, vm.pid = status.vmm_pid, boot_ms = status.boot_ms, "sandbox running");
 
@@ -92,7 +106,10 @@ async fn supervise(dir: SandboxDir, ready: Option<OwnedFd>) -> i32 {
         let _ = std::fs::remove_file(socket);
     }
     router.fail_all("the sandbox stopped");
-    if let Exit::Stopped { done: Some(done), .. } = exit {
+    if let Exit::Stopped {
+        done: Some(done), ..
+    } = exit
+    {
         let _ = done.send(());
         // Let the reply reach the client before the runtime shuts down;
         // clients also accept the socket closing as the end of a stop.
@@ -104,12 +121,19 @@ async fn supervise(dir: SandboxDir, ready: Option<OwnedFd>) -> i32 {
 /// How the serve loop ended.
 enum Exit {
     /// Stopped on request; `done` is answered once the state is recorded.
-    Stopped { status: Option<ExitStatus>, done: Option<oneshot::Sender<()>> },
+    Stopped {
+        status: Option<ExitStatus>,
+        done: Option<oneshot::Sender<()>>,
+    },
     /// The VMM exited on its own.
     VmmExited(ExitStatus),
 }
 
-async fn serve(listener: UnixListener, router: &Arc<Router>, vmm: &mut tokio::process::Child) -> Exit {
+async fn serve(
+    listener: UnixListener,
+    router: &Arc<Router>,
+    vmm: &mut tokio::process::Child,
+) -> Exit {
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<StopRequest>();
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sigint = signal(SignalKind::interrupt()).ok();
@@ -218,9 +242,18 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Current status, as returned to `Status` requests.
-pub(crate) fn status_of(config: &LaunchConfig, vmm_pid: u32, hello: &Message, boot_ms: u64) -> SupervisorStatus {
+pub(crate) fn status_of(
+    config: &LaunchConfig,
+    vmm_pid: u32,
+    hello: &Message,
+    boot_ms: u64,
+) -> SupervisorStatus {
     let (agent_version, kernel) = match hello {
-        Message::HelloOk { agent_version, kernel, .. } => (agent_version.clone(), kernel.clone()),
+        Message::HelloOk {
+            agent_version,
+            kernel,
+            ..
+        } => (agent_version.clone(), kernel.clone()),
         _ => (String::new(), String::new()),
     };
     SupervisorStatus {

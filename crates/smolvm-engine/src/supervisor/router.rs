@@ -88,7 +88,9 @@ impl Router {
     }
 
     fn tables(&self) -> MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a frame for the agent without waiting for room.
@@ -104,16 +106,25 @@ impl Router {
     }
 
     fn route_from_agent(&self, frame: Frame) {
-        let Some(global) = frame.message.id() else { return };
+        let Some(global) = frame.message.id() else {
+            return;
+        };
         let is_final = frame.message.is_final();
 
         let mut tables = self.tables();
-        let Some(route) = tables.routes.get(&global) else { return };
+        let Some(route) = tables.routes.get(&global) else {
+            return;
+        };
         let Frame { message, data } = frame;
-        let _ = route.client.send(Frame::with_data(message.with_id(route.local_id), data));
+        let _ = route
+            .client
+            .send(Frame::with_data(message.with_id(route.local_id), data));
 
         if is_final {
-            let route = tables.routes.remove(&global).expect("route looked up above");
+            let route = tables
+                .routes
+                .remove(&global)
+                .expect("route looked up above");
             tables.locals.remove(&(route.conn, route.local_id));
         }
     }
@@ -134,7 +145,9 @@ impl Router {
 
     /// Registers a new request from a client and forwards it.
     async fn forward_new(&self, conn: ConnId, client: &mpsc::UnboundedSender<Frame>, frame: Frame) {
-        let Some(local_id) = frame.message.id() else { return };
+        let Some(local_id) = frame.message.id() else {
+            return;
+        };
         let global = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         {
             let mut tables = self.tables();
@@ -143,26 +156,40 @@ impl Router {
                 let failed = Message::Failed {
                     id: local_id,
                     kind: FailureKind::InvalidRequest,
-                    message: format!("request id {} is already in use on this connection", local_id.0),
+                    message: format!(
+                        "request id {} is already in use on this connection",
+                        local_id.0
+                    ),
                 };
                 let _ = client.send(Frame::new(failed));
                 return;
             }
-            tables.routes.insert(global, Route { conn, local_id, client: client.clone() });
+            tables.routes.insert(
+                global,
+                Route {
+                    conn,
+                    local_id,
+                    client: client.clone(),
+                },
+            );
             tables.locals.insert((conn, local_id), global);
         }
         let Frame { message, data } = frame;
-        self.send_to_agent(Frame::with_data(message.with_id(global), data)).await;
+        self.send_to_agent(Frame::with_data(message.with_id(global), data))
+            .await;
     }
 
     /// Forwards a follow-up frame (stdin, credit, chunk, signal) for a
     /// request already in flight; frames for finished requests are dropped.
     async fn forward_follow_up(&self, conn: ConnId, frame: Frame) {
-        let Some(local_id) = frame.message.id() else { return };
+        let Some(local_id) = frame.message.id() else {
+            return;
+        };
         let global = self.tables().locals.get(&(conn, local_id)).copied();
         if let Some(global) = global {
             let Frame { message, data } = frame;
-            self.send_to_agent(Frame::with_data(message.with_id(global), data)).await;
+            self.send_to_agent(Frame::with_data(message.with_id(global), data))
+                .await;
         }
     }
 
@@ -179,7 +206,10 @@ impl Router {
             if let Some(route) = tables.routes.remove(&global) {
                 tables.locals.remove(&(conn, route.local_id));
             }
-            self.send_to_agent_detached(Frame::new(Message::Signal { id: global, signal: libc::SIGKILL }));
+            self.send_to_agent_detached(Frame::new(Message::Signal {
+                id: global,
+                signal: libc::SIGKILL,
+            }));
         }
     }
 }
@@ -229,7 +259,10 @@ async fn handle_client_frame(
             let _ = client.send(Frame::new(hello));
         }
         Message::Status { id } => {
-            let reply = Message::StatusOk { id: *id, status: router.status.clone() };
+            let reply = Message::StatusOk {
+                id: *id,
+                status: router.status.clone(),
+            };
             let _ = client.send(Frame::new(reply));
         }
         Message::Stop { id, timeout_ms } => {
@@ -237,7 +270,10 @@ async fn handle_client_frame(
             request_stop(client.clone(), stop, *id, timeout);
         }
         Message::Shutdown { id } => request_stop(client.clone(), stop, *id, STOP_GRACE),
-        Message::Exec { .. } | Message::WriteFile { .. } | Message::ReadFile { .. } | Message::Ping { .. } => {
+        Message::Exec { .. }
+        | Message::WriteFile { .. }
+        | Message::ReadFile { .. }
+        | Message::Ping { .. } => {
             router.forward_new(conn, client, frame).await;
         }
         Message::Stdin { .. }
@@ -264,7 +300,10 @@ fn request_stop(
     timeout: std::time::Duration,
 ) {
     let (done_tx, done_rx) = oneshot::channel();
-    let _ = stop.send(StopRequest { timeout, done: done_tx });
+    let _ = stop.send(StopRequest {
+        timeout,
+        done: done_tx,
+    });
     tokio::spawn(async move {
         let _ = done_rx.await;
         let _ = client.send(Frame::new(Message::ShuttingDown { id }));
@@ -292,14 +331,19 @@ mod tests {
 
     fn exec(id: u64) -> Frame {
         let request = ExecRequest {
-            command: ExecCommand::Argv { argv: vec!["true".into()] },
+            command: ExecCommand::Argv {
+                argv: vec!["true".into()],
+            },
             env: vec![],
             cwd: None,
             timeout_ms: None,
             stdin: false,
             window: 1024,
         };
-        Frame::new(Message::Exec { id: RequestId(id), request })
+        Frame::new(Message::Exec {
+            id: RequestId(id),
+            request,
+        })
     }
 
     /// Starts a router over a socket pair whose far end plays the agent,
@@ -316,7 +360,12 @@ mod tests {
             let (ours, agent) = UnixStream::pair().unwrap();
             let router = Router::start(ours, status());
             let (stop, stop_rx) = mpsc::unbounded_channel();
-            Self { router, agent, stop, _stop_rx: stop_rx }
+            Self {
+                router,
+                agent,
+                stop,
+                _stop_rx: stop_rx,
+            }
         }
 
         fn client(&self) -> UnixStream {
@@ -327,7 +376,10 @@ mod tests {
     }
 
     async fn recv(stream: &mut UnixStream) -> Frame {
-        tokio::time::timeout(Duration::from_secs(5), read_frame(stream)).await.unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(5), read_frame(stream))
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     #[tokio::test]
@@ -352,8 +404,12 @@ mod tests {
             timed_out: false,
             duration_ms: 1,
         };
-        write_frame(&mut harness.agent, &Frame::new(exited(second_id))).await.unwrap();
-        write_frame(&mut harness.agent, &Frame::new(exited(first_id))).await.unwrap();
+        write_frame(&mut harness.agent, &Frame::new(exited(second_id)))
+            .await
+            .unwrap();
+        write_frame(&mut harness.agent, &Frame::new(exited(first_id)))
+            .await
+            .unwrap();
         assert_eq!(recv(&mut b).await.message, exited(RequestId(1)));
         assert_eq!(recv(&mut a).await.message, exited(RequestId(1)));
     }
@@ -365,7 +421,10 @@ mod tests {
         write_frame(&mut client, &exec(9)).await.unwrap();
         let global = recv(&mut harness.agent).await.message.id().unwrap();
 
-        let output = Message::Output { id: global, stream: smolvm_protocol::OutputStream::Stdout };
+        let output = Message::Output {
+            id: global,
+            stream: smolvm_protocol::OutputStream::Stdout,
+        };
         let frame = Frame::with_data(output, b"hello\xff".to_vec());
         write_frame(&mut harness.agent, &frame).await.unwrap();
 
@@ -383,23 +442,43 @@ mod tests {
 
         drop(client);
         let signal = recv(&mut harness.agent).await;
-        assert_eq!(signal.message, Message::Signal { id: global, signal: libc::SIGKILL });
+        assert_eq!(
+            signal.message,
+            Message::Signal {
+                id: global,
+                signal: libc::SIGKILL
+            }
+        );
     }
 
     #[tokio::test]
     async fn status_answered_without_agent() {
         let harness = Harness::new();
         let mut client = harness.client();
-        write_frame(&mut client, &Frame::new(Message::Status { id: RequestId(2) })).await.unwrap();
+        write_frame(
+            &mut client,
+            &Frame::new(Message::Status { id: RequestId(2) }),
+        )
+        .await
+        .unwrap();
         let reply = recv(&mut client).await;
-        assert_eq!(reply.message, Message::StatusOk { id: RequestId(2), status: status() });
+        assert_eq!(
+            reply.message,
+            Message::StatusOk {
+                id: RequestId(2),
+                status: status()
+            }
+        );
     }
 
     #[tokio::test]
     async fn follow_up_for_unknown_request_dropped() {
         let mut harness = Harness::new();
         let mut client = harness.client();
-        let credit = Frame::new(Message::Credit { id: RequestId(77), bytes: 10 });
+        let credit = Frame::new(Message::Credit {
+            id: RequestId(77),
+            bytes: 10,
+        });
         write_frame(&mut client, &credit).await.unwrap();
         write_frame(&mut client, &exec(1)).await.unwrap();
 
@@ -418,7 +497,14 @@ mod tests {
         drop(harness.agent);
         let reply = recv(&mut client).await;
         assert!(
-            matches!(reply.message, Message::Failed { id: RequestId(5), kind: FailureKind::Internal, .. }),
+            matches!(
+                reply.message,
+                Message::Failed {
+                    id: RequestId(5),
+                    kind: FailureKind::Internal,
+                    ..
+                }
+            ),
             "{reply:?}"
         );
     }

@@ -171,10 +171,14 @@ pub(crate) async fn exec_command(
     };
     state.metrics.observe_exec(started.elapsed());
 
-    if output.signal.is_some() && !output.timed_out {
-        if let Some(error) = interruption(&state, &id).await {
-            return Err(error);
-        }
+    let killed = output.signal.is_some() && !output.timed_out;
+    let interrupted = if killed {
+        interruption(&state, &id).await
+    } else {
+        None
+    };
+    if let Some(error) = interrupted {
+        return Err(error);
     }
     if output.timed_out {
         return Ok(timeout_response(output, spec.timeout_secs()));
@@ -207,12 +211,11 @@ fn timeout_response(output: ExecOutput, timeout_secs: u64) -> Response {
 /// Turns an engine error into the API error, explaining a lost connection
 /// when the sandbox was deleted or stopped while the command ran.
 async fn explain(state: &AppState, id: &str, error: EngineError) -> ApiError {
-    if matches!(error, EngineError::Agent { .. }) {
-        if let Some(interrupted) = interruption(state, id).await {
-            return interrupted;
-        }
-    }
-    error.into()
+    let interrupted = match error {
+        EngineError::Agent { .. } => interruption(state, id).await,
+        _ => None,
+    };
+    interrupted.unwrap_or_else(|| error.into())
 }
 
 /// Returns the error for a command cut short because its sandbox was

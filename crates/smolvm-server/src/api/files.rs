@@ -120,7 +120,7 @@ pub(crate) async fn write_file(
 
 /// Download a file from a sandbox.
 ///
-/// Answers with the file's raw bytes, streamed from the guest.
+/// Responds with the file's raw bytes, streamed from the guest.
 #[utoipa::path(
     get,
     path = "/sandboxes/{id}/files",

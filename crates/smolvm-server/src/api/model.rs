@@ -14,13 +14,13 @@ use utoipa::ToSchema;
 pub enum SandboxStatus {
     /// The sandbox is booting; commands cannot run yet.
     Creating,
-    /// The agent answered; commands can run.
+    /// The agent is ready; commands can run.
     Running,
     /// A stop was requested and the sandbox is shutting down.
     Stopping,
     /// Powered off; the disk is kept and `start` boots it again.
     Stopped,
-    /// Boot failed or the sandbox died; `error` says why.
+    /// Boot failed or the sandbox died; `error` gives the reason.
     Error,
 }
 
@@ -76,7 +76,7 @@ impl From<spec::Backend> for Backend {
     }
 }
 
-/// The VMM a create request asks for; `auto` picks QEMU.
+/// The VMM a create request names; `auto` picks QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
@@ -113,7 +113,7 @@ impl From<Accel> for AccelName {
     }
 }
 
-/// The accelerator a create request asks for; `auto` uses KVM when a
+/// The accelerator a create request names; `auto` uses KVM when a
 /// timed probe finds it usable and fast, else TCG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -183,7 +183,7 @@ pub struct Sandbox {
     pub created_at: String,
     /// Milliseconds from starting the VMM to a ready agent, at the last boot.
     pub boot_ms: Option<u64>,
-    /// Why the sandbox is in `error`.
+    /// Reason the sandbox is in `error`.
     pub error: Option<String>,
 }
 

@@ -80,7 +80,7 @@ pub struct Limits {
     pub file_bytes: u64,
 }
 
-/// What this server supports.
+/// Features and limits of this server.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
     pub version: String,
@@ -210,7 +210,7 @@ pub struct Check {
     pub name: String,
     pub status: CheckOutcome,
     pub detail: String,
-    /// What to do about a warning or failure.
+    /// Action that fixes a warning or failure.
     pub fix: Option<String>,
 }
 

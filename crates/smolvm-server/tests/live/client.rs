@@ -1,6 +1,6 @@
 //! Starting a real server on a free loopback port, and a small HTTP/1.1
-//! client over a plain TCP stream that sends exactly the bytes a test
-//! asks for.
+//! client over a plain TCP stream that sends exactly the bytes each test
+//! passes it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Longest wait for one whole response; creating a sandbox under TCG
+/// Maximum wait for one whole response, because creating a sandbox under TCG
 /// takes seconds, not minutes.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(180);
 

@@ -28,22 +28,28 @@ enum Location {
 
 fn parse_location(text: &str) -> Location {
     match text.split_once(':') {
-        Some((id, path)) if id.starts_with("sbx-") && path.starts_with('/') => {
-            Location::Sandbox { id: id.to_owned(), path: path.to_owned() }
-        }
+        Some((id, path)) if id.starts_with("sbx-") && path.starts_with('/') => Location::Sandbox {
+            id: id.to_owned(),
+            path: path.to_owned(),
+        },
         _ => Location::Host(PathBuf::from(text)),
     }
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = open_engine()?;
-    match (parse_location(&args.source), parse_location(&args.destination)) {
+    match (
+        parse_location(&args.source),
+        parse_location(&args.destination),
+    ) {
         (Location::Host(source), Location::Sandbox { id, path }) => {
             let mut file = tokio::fs::File::open(&source)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", source.display()))?;
             let mode = file.metadata().await?.permissions().mode() & 0o7777;
-            let bytes = engine.write_file(&id, &path, mode, args.parents, &mut file).await?;
+            let bytes = engine
+                .write_file(&id, &path, mode, args.parents, &mut file)
+                .await?;
             eprintln!("copied {bytes} bytes to {id}:{path}");
         }
         (Location::Sandbox { id, path }, Location::Host(destination)) => {
@@ -86,9 +92,18 @@ mod tests {
     fn locations_parse() {
         assert_eq!(
             parse_location("sbx-abcdefghjk:/tmp/x"),
-            Location::Sandbox { id: "sbx-abcdefghjk".into(), path: "/tmp/x".into() }
+            Location::Sandbox {
+                id: "sbx-abcdefghjk".into(),
+                path: "/tmp/x".into()
+            }
         );
-        assert_eq!(parse_location("./file:name"), Location::Host("./file:name".into()));
-        assert_eq!(parse_location("sbx-abc:relative"), Location::Host("sbx-abc:relative".into()));
+        assert_eq!(
+            parse_location("./file:name"),
+            Location::Host("./file:name".into())
+        );
+        assert_eq!(
+            parse_location("sbx-abc:relative"),
+            Location::Host("sbx-abc:relative".into())
+        );
     }
 }

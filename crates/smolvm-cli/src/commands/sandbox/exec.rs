@@ -81,10 +81,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 stderr.write_all(&bytes)?;
                 stderr.flush()?;
             }
-            ExecEvent::Exited { exit_code: code, timed_out, .. } => {
+            ExecEvent::Exited {
+                exit_code: code,
+                timed_out,
+                ..
+            } => {
                 if timed_out {
                     let secs = spec.timeout_secs();
-                    let _ = writeln!(stderr, "smolvm: command timed out after {secs} s and was killed");
+                    let _ = writeln!(
+                        stderr,
+                        "smolvm: command timed out after {secs} s and was killed"
+                    );
                 }
                 return Ok(exit_code(code, timed_out));
             }
@@ -102,5 +109,7 @@ fn exit_code(code: i32, timed_out: bool) -> ExitCode {
 
 fn shlex_join(words: &[String]) -> anyhow::Result<String> {
     let quoted: Result<Vec<_>, _> = words.iter().map(|w| shlex::try_quote(w)).collect();
-    Ok(quoted.map_err(|_| anyhow::anyhow!("a command word contains a NUL byte"))?.join(" "))
+    Ok(quoted
+        .map_err(|_| anyhow::anyhow!("a command word contains a NUL byte"))?
+        .join(" "))
 }

@@ -126,7 +126,6 @@ impl Session {
         self.writer.close();
         let active: Vec<Active> = self.active().values().cloned().collect();
         for request in &active {
-            log!("DEBUG aborting {request:?}");
             request.abort();
         }
         active.len()

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, doctor, image, sandbox, supervise};
+use commands::{bench, doctor, image, sandbox, server, supervise};
 
 /// Disposable, hardware-isolated Linux sandboxes for agents and tools.
 #[derive(Debug, Parser)]
@@ -27,6 +27,10 @@ enum Command {
     /// Create, use and remove sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::Command),
+    /// Serve the HTTP API (alias: `smolvm server start`).
+    Server(server::Args),
+    /// Print the HTTP API's OpenAPI document.
+    Openapi,
     /// Time sandbox operations and print a table of medians and p95s.
     Bench(bench::Args),
     /// Internal: supervise one sandbox (started by smolvm itself).
@@ -36,10 +40,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Supervise(_)));
+    init_logging(matches!(
+        cli.command,
+        Command::Supervise(_) | Command::Server(_)
+    ));
 
     if let Command::Supervise(args) = cli.command {
         return supervise::run(args);
+    }
+    if let Command::Openapi = cli.command {
+        return server::print_openapi();
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -58,7 +68,8 @@ fn main() -> ExitCode {
             Command::Image(command) => image::run(command).await,
             Command::Sandbox(command) => sandbox::run(command).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Supervise(_) => unreachable!("handled above"),
+            Command::Server(args) => server::run(args).await,
+            Command::Supervise(_) | Command::Openapi => unreachable!("handled above"),
         }
     });
     match result {
@@ -71,9 +82,9 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings, or info for
-/// supervisors, whose stderr is their log file).
-fn init_logging(supervisor: bool) {
-    let default = if supervisor { "info" } else { "warn" };
+/// the server and supervisors, whose stderr is their log file).
+fn init_logging(long_running: bool) {
+    let default = if long_running { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

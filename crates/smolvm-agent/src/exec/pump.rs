@@ -108,7 +108,6 @@ impl<'a> Pump<'a> {
         loop {
             let control = self.handle.take();
             if let Err(aborted) = self.apply(control) {
-                log!("DEBUG exec {} aborted, killing {}", self.id.0, self.tree.leader);
                 self.tree.kill_all();
                 return Err(aborted);
             }

@@ -307,6 +307,40 @@ pub(crate) fn processes_running(args: &[&str]) -> Vec<u32> {
     pids
 }
 
+/// Waits up to `limit` for a process running `args` to appear (a forked
+/// child may not have called `execve` yet); returns the pids found.
+pub(crate) fn wait_until_running(args: &[&str], limit: Duration) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let pids = processes_running(args);
+        if !pids.is_empty() || start.elapsed() > limit {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `limit` for process `pid` to end; true once it is gone or
+/// a zombie (the agent reaps its children, so `/proc/<pid>` disappears).
+pub(crate) fn wait_for_exit(pid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = &stat[stat.rfind(')')? + 1..];
+                after_name.split_whitespace().next().map(str::to_string)
+            });
+        if state.is_none_or(|state| state == "Z") {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits up to `limit` for no process to run `args`; returns the pids
 /// still running after that.
 pub(crate) fn wait_until_gone(args: &[&str], limit: Duration) -> Vec<u32> {

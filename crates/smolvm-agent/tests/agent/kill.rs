@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use smolvm_protocol::{FailureKind, Message, OutputStream, RequestId};
 
 use crate::harness::{
-    Agent, Client, TempDir, argv, login, pseudo_random_bytes, unique_seconds, wait_until_gone,
+    Agent, Client, TempDir, argv, pseudo_random_bytes, unique_seconds, wait_until_gone,
 };
 
 #[test]
@@ -17,7 +17,8 @@ fn timeout_kills_every_process() {
     let mut client = agent.connect();
 
     // `sh -c` rather than a login shell: it reaches `echo` well before the
-    // timeout even on a loaded machine.
+    // timeout even on a loaded machine, and a kill cannot interrupt the
+    // host's login profile halfway (which can leave its lock files behind).
     let (first, second) = (unique_seconds(300, 1), unique_seconds(300, 2));
     let script = format!("echo before; sleep {first} & sleep {second}");
     let mut request = argv(&["sh", "-c", &script]);
@@ -57,7 +58,11 @@ fn signal_reaches_process_group() {
 
     client.start_exec(
         id,
-        login("trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done"),
+        argv(&[
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done",
+        ]),
     );
     wait_for_stdout(&mut client, id, "ready\n");
     client.send(Message::Signal {
@@ -183,7 +188,8 @@ fn cgroup_catches_new_sessions() {
     let mut client = agent.connect();
 
     let (first, second) = (unique_seconds(300, 3), unique_seconds(300, 4));
-    let mut request = login(&format!("setsid sleep {first} & sleep {second}"));
+    let script = format!("setsid sleep {first} & sleep {second}");
+    let mut request = argv(&["sh", "-c", &script]);
     request.timeout_ms = Some(500);
     let result = client.exec(request);
 

@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod doctor;
 pub(crate) mod image;
 pub(crate) mod sandbox;
+pub(crate) mod server;
 pub(crate) mod supervise;
 
 use smolvm_engine::Paths;

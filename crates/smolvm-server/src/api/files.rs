@@ -154,6 +154,16 @@ pub(crate) async fn read_file(
         HeaderValue::from_static("application/octet-stream"),
     );
     headers.insert(FILE_SIZE_HEADER, HeaderValue::from(size));
+    // A browser must never render guest-controlled bytes as a page of this
+    // origin, where its scripts could call the API as the same origin.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
     Ok(response)
 }
 

@@ -14,8 +14,9 @@ use smolvm_server::ServerConfig;
 
 use crate::client::{Client, RunningServer, sse_events};
 
-/// Upload limit of the test server, small enough to test 413 cheaply.
-const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Upload limit of the test server: small enough to test 413 cheaply, and
+/// above the 1 MiB JSON limit, which must not apply to uploads.
+const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Returns why real sandboxes cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
@@ -340,7 +341,7 @@ async fn exec_stream_disconnect_kills(client: &Client, id: &str) {
 }
 
 async fn files(client: &Client, id: &str) {
-    let data: Vec<u8> = (0..300_000u32)
+    let data: Vec<u8> = (0..1_500_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let upload = format!("/sandboxes/{id}/files?path=/tmp/dir/up.bin&mode=600&create_parents=true");
@@ -369,6 +370,7 @@ async fn files(client: &Client, id: &str) {
         downloaded.body == data,
         "downloaded bytes differ from the upload"
     );
+    assert_eq!(downloaded.header("x-content-type-options"), Some("nosniff"));
 
     let missing = client
         .get(&format!("/sandboxes/{id}/files?path=/no/such/file"))

@@ -1,6 +1,8 @@
 //! `smolvm bench`: times the main operations on real sandboxes and prints
 //! a table of medians and 95th percentiles.
 
+mod http;
+
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,6 +26,9 @@ pub(crate) struct Args {
     /// Network mode of the benchmark sandboxes.
     #[arg(long, default_value = "open")]
     network: NetworkMode,
+    /// Also time create and exec through a `smolvm server` on loopback.
+    #[arg(long)]
+    http: bool,
     /// Print the samples as JSON.
     #[arg(long)]
     json: bool,
@@ -50,6 +55,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for run in 0..args.runs {
         eprintln!("run {}/{}...", run + 1, args.runs);
         bench_one(&engine, &args, &mut samples).await?;
+        if args.http {
+            http::bench_http(&engine, &args, &mut samples).await?;
+        }
     }
 
     if args.json {
@@ -87,6 +95,8 @@ const ORDER: &[(&str, &str)] = &[
     ("copy in 10 MiB", "ms"),
     ("copy out 10 MiB", "ms"),
     ("delete", "ms"),
+    ("HTTP create to first command", "ms"),
+    ("HTTP exec round trip (true, raw)", "ms"),
     ("host RSS per idle sandbox", "MiB"),
 ];
 

@@ -26,3 +26,9 @@ apt-get install -y -q --no-install-recommends \
 apt-get install -y -q --no-install-recommends \
     slirp4netns debootstrap e2fsprogs kmod dpkg-dev iproute2 procps \
     ca-certificates curl
+
+# The TypeScript client's tests need Node.js 20 or later; use the host's
+# when it has one, else Debian's.
+if ! command -v node > /dev/null; then
+    apt-get install -y -q --no-install-recommends nodejs npm
+fi

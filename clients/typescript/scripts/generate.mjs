@@ -7,6 +7,7 @@
 //                 `$SMOLVM_BIN openapi` (default ../../target/debug/smolvm)
 //   --check       write nothing; exit 1 when the committed file differs from
 //                 what the document generates
+// Exits 2 when the document cannot be read or the generator fails.
 
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";

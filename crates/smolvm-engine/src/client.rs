@@ -29,7 +29,7 @@ pub enum ClientError {
     Closed,
     #[error("protocol error talking to the sandbox's supervisor")]
     Frame(#[source] FrameError),
-    /// The guest or the supervisor answered the request with a failure.
+    /// The guest or the supervisor reported a failure for the request.
     #[error("{message}")]
     Failed { kind: FailureKind, message: String },
     #[error("unexpected {0} message from the sandbox's supervisor")]

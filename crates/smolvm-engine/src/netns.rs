@@ -183,7 +183,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), NetnsError> {
     if rc != 0 {
         return Err(NetnsError::Pipe(io::Error::last_os_error()));
     }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by
-    // nobody else.
+    // SAFETY: pipe2 succeeded, so both descriptors are open and not
+    // owned elsewhere.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -239,7 +239,7 @@ impl ExecSpec {
         })
     }
 
-    /// The timeout that applies, in seconds.
+    /// Returns the timeout that applies, in seconds.
     pub fn timeout_secs(&self) -> u64 {
         self.timeout_secs.unwrap_or(TIMEOUT_SECS_DEFAULT)
     }

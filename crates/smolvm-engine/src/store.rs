@@ -68,7 +68,7 @@ pub struct SandboxRecord {
     pub vmm_pid: Option<u32>,
     /// Milliseconds from spawning the VMM to a ready agent, for the last boot.
     pub boot_ms: Option<u64>,
-    /// Why the sandbox is in `error`, or why its last boot failed.
+    /// The reason the sandbox is in `error` or its last boot failed.
     pub error: Option<String>,
 }
 

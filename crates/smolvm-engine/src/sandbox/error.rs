@@ -35,7 +35,7 @@ pub enum EngineError {
     HostUnavailable { what: String, fix: String },
     #[error("sandbox {id} failed to boot: {reason}")]
     Boot { id: String, reason: String },
-    /// The guest answered the request with a failure (missing file, ...).
+    /// The guest reported a failure for the request (missing file, ...).
     #[error("{message}")]
     Guest { kind: FailureKind, message: String },
     #[error("lost contact with sandbox {id}")]

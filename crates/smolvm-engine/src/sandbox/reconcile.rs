@@ -58,7 +58,7 @@ impl Engine {
             .unwrap_or(record)
     }
 
-    /// Whether the recorded supervisor runs and is really this sandbox's
+    /// Reports whether the recorded supervisor runs and is really this sandbox's
     /// (a recycled pid belongs to some other program).
     pub(super) fn supervisor_alive(&self, record: &SandboxRecord) -> bool {
         record
@@ -67,12 +67,12 @@ impl Engine {
     }
 }
 
-/// Whether `pid` is a live supervisor for sandbox `id`.
+/// Reports whether `pid` is a live supervisor for sandbox `id`.
 pub(super) fn is_supervisor_of(pid: u32, id: &SandboxId) -> bool {
     process_mentions(pid, id.as_str()) && process_mentions(pid, "__supervise")
 }
 
-/// Whether `pid` is a live, non-zombie process whose command line
+/// Reports whether `pid` is a live, non-zombie process whose command line
 /// contains `needle`.
 pub(super) fn process_mentions(pid: u32, needle: &str) -> bool {
     if is_zombie_or_gone(pid) {
@@ -98,7 +98,7 @@ fn is_zombie_or_gone(pid: u32) -> bool {
 }
 
 /// Sends SIGKILL to `pid` and waits up to `timeout` for it to be gone
-/// (or a zombie, which holds no resources but its table entry).
+/// (or a zombie, which keeps only its process table entry).
 pub(crate) fn kill_and_wait(pid: u32, timeout: Duration) {
     let Ok(raw) = i32::try_from(pid) else { return };
     // SAFETY: kill has no memory-safety preconditions; a stale pid at

@@ -33,7 +33,7 @@ use router::Router;
 /// How long a stop waits for the guest to power off before killing the VMM.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// What the engine asks a supervisor to launch, stored as `launch.json`.
+/// The launch parameters the engine gives a supervisor, stored as `launch.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaunchConfig {
     pub sandbox_id: SandboxId,
@@ -118,9 +118,9 @@ async fn supervise(dir: SandboxDir, ready: Option<OwnedFd>) -> i32 {
     0
 }
 
-/// How the serve loop ended.
+/// The reason the serve loop ended.
 enum Exit {
-    /// Stopped on request; `done` is answered once the state is recorded.
+    /// Stopped on request; `done` is signalled once the state is recorded.
     Stopped {
         status: Option<ExitStatus>,
         done: Option<oneshot::Sender<()>>,

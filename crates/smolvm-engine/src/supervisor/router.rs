@@ -23,7 +23,7 @@ type ConnId = u64;
 /// Frames queued for the agent before client readers wait.
 const AGENT_QUEUE_FRAMES: usize = 64;
 
-/// Where the agent's frames for one request go.
+/// The destination of the agent's frames for one request.
 struct Route {
     conn: ConnId,
     local_id: RequestId,

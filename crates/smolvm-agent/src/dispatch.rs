@@ -39,7 +39,17 @@ pub(crate) fn dispatch(session: &Arc<Session>, uploads: &mut Uploads, frame: Fra
                 handle.push_stdin(data);
             }
         }
-        Message::Signal { id, signal } => exec::signal(session, id, signal),
+        Message::Signal { id, signal } => {
+            // The supervisor sends SIGKILL for every open request of a
+            // client that went away, file transfers included.
+            if uploads.contains(id) {
+                uploads.cancel(id);
+            } else if let Some(handle) = session.read(id) {
+                handle.abort();
+            } else {
+                exec::signal(session, id, signal);
+            }
+        }
         Message::Credit { id, bytes } => credit(session, id, bytes),
         Message::WriteFile {
             id,

@@ -34,7 +34,9 @@ pub enum ClientError {
     Failed { kind: FailureKind, message: String },
     #[error("unexpected {0} message from the sandbox's supervisor")]
     Unexpected(String),
-    #[error("the sandbox's supervisor did not answer within {0:?}")]
+    #[error(
+        "the sandbox did not answer within {0:?}; the guest may be overloaded, and stopping and starting it recovers it"
+    )]
     Timeout(Duration),
 }
 

@@ -16,12 +16,14 @@ pub struct Paths {
 impl Paths {
     /// Resolves paths from the environment (see the module docs).
     pub fn from_env() -> Self {
+        // Paths are made absolute: supervisors and QEMU run in the sandbox
+        // directory, where a relative path would point elsewhere.
         let data_dir = match std::env::var_os("SMOLVM_DATA_DIR") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            Some(dir) if !dir.is_empty() => absolute(PathBuf::from(dir)),
             _ => default_data_dir(),
         };
         let images_dir = match std::env::var_os("SMOLVM_IMAGES_DIR") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            Some(dir) if !dir.is_empty() => absolute(PathBuf::from(dir)),
             _ => data_dir.join("images"),
         };
         Self {
@@ -64,10 +66,20 @@ impl Paths {
         self.data_dir.join("sandboxes")
     }
 
+    /// Whether images live inside the data directory, so no other data
+    /// directory's sandboxes can be using them.
+    pub fn images_are_private(&self) -> bool {
+        self.images_dir.starts_with(&self.data_dir)
+    }
+
     /// Directory for downloads and other rebuildable files.
     pub fn cache_dir(&self) -> PathBuf {
         self.data_dir.join("cache")
     }
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 fn default_data_dir() -> PathBuf {

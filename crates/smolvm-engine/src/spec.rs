@@ -221,7 +221,12 @@ impl ExecSpec {
             validate_env(name, value)?;
         }
         if let Some(cwd) = &self.cwd
-            && (!cwd.starts_with('/') || cwd.contains('\0'))
+            && cwd.contains('\0')
+        {
+            return Err(SpecError::new("cwd", "contains a NUL byte"));
+        }
+        if let Some(cwd) = &self.cwd
+            && !cwd.starts_with('/')
         {
             return Err(SpecError::new(
                 "cwd",
@@ -288,10 +293,16 @@ pub fn validate_env(name: &str, value: &str) -> Result<(), SpecError> {
         .next()
         .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        return Err(SpecError::new(
+            "env",
+            "contains a variable with an empty name",
+        ));
+    }
     if !valid_name {
         return Err(SpecError::new(
             format!("env.{name}"),
-            "is not a valid variable name; use letters, digits and _ , not starting with a digit",
+            "is not a valid variable name; use letters, digits and underscores, not starting with a digit",
         ));
     }
     if value.contains('\0') {
@@ -444,7 +455,9 @@ mod tests {
             [("A_1".to_owned(), "it's \"$(x)\"".to_owned())]
         );
 
-        for bad in ["", "1A", "A-B", "A=B", "A B"] {
+        let empty = exec(|s| s.env = vec![(String::new(), "v".into())]).unwrap_err();
+        assert_eq!(empty.field, "env");
+        for bad in ["1A", "A-B", "A=B", "A B"] {
             let err = exec(|s| s.env = vec![(bad.into(), "v".into())]).unwrap_err();
             assert_eq!(err.field, format!("env.{bad}"));
         }

@@ -34,6 +34,16 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
 ];
 
+/// How long opening the database retries while another process holds it.
+const OPEN_RETRY_LIMIT: Duration = Duration::from_secs(10);
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Errors from the sandbox store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +91,22 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Switching a new database to WAL takes a lock without waiting in
+        // the busy handler, so processes opening it at once retry here.
+        let deadline = std::time::Instant::now() + OPEN_RETRY_LIMIT;
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::Open { source, .. } | StoreError::Query(source))
+                    if is_busy(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open {
             path: path.display().to_string(),
             source,

@@ -28,6 +28,11 @@ pub struct ServerConfig {
     pub cors_origin: Option<String>,
     /// Maximum size of an uploaded file, in bytes.
     pub max_file_bytes: u64,
+    /// Directories whose disk images `file://` references may name. Empty
+    /// (the default) rejects `file://` images: the server reads them as
+    /// root, so any local client could otherwise boot, and read, any disk
+    /// file on the host.
+    pub image_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +43,7 @@ impl Default for ServerConfig {
             token: None,
             cors_origin: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            image_roots: Vec::new(),
         }
     }
 }

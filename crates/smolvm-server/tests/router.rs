@@ -291,6 +291,51 @@ async fn create_bad_network_mode_names_field() {
 }
 
 #[tokio::test]
+async fn create_file_image_rejected_without_root() {
+    let body = r#"{"image": "file:///etc/passwd"}"#;
+    let response = app().send(json_request("POST", "/sandboxes", body)).await;
+    let body = expect_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(body["field"], "image", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("--image-root"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn create_file_image_outside_root_rejected() {
+    let root = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        image_roots: vec![root.path().to_path_buf()],
+        ..ServerConfig::default()
+    };
+    // A `..` that leaves the root is resolved before the check.
+    let escape = format!(
+        r#"{{"image": "file://{}/../../etc/passwd"}}"#,
+        root.path().display()
+    );
+    let response = app_with(config)
+        .send(json_request("POST", "/sandboxes", &escape))
+        .await;
+    let body = expect_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(body["field"], "image", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("outside"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn oversized_json_body_is_413() {
     let padding = "x".repeat(2 * 1024 * 1024);
     let body = format!(r#"{{"command": "{padding}"}}"#);

@@ -24,6 +24,28 @@ pub(crate) struct Cgroups {
     retired: Mutex<Vec<PathBuf>>,
 }
 
+/// Most processes one exec and everything it starts may have at once, so a
+/// fork bomb, even one left running in the background, stops growing.
+const EXEC_PIDS_MAX: u32 = 1024;
+
+/// Enables the `pids` and `cpu` controllers for the exec groups under
+/// `root`. With `cpu`, each exec group gets a fair share of the CPU as a
+/// whole, so a runaway command leaves room for the next exec. Failures are
+/// ignored: a kernel without a controller still runs commands.
+fn enable_controllers(root: &Path) {
+    let mut dirs: Vec<&Path> = root
+        .ancestors()
+        .take_while(|d| d.join("cgroup.subtree_control").exists())
+        .collect();
+    // Parents first: a controller must be enabled above before below.
+    dirs.reverse();
+    for dir in dirs {
+        for controller in ["+pids", "+cpu"] {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), controller);
+        }
+    }
+}
+
 /// The group of one exec.
 #[derive(Debug)]
 pub(crate) struct ExecCgroup {
@@ -41,6 +63,7 @@ impl Cgroups {
                 format!("{} is not a cgroup v2 directory", root.display()),
             ));
         }
+        enable_controllers(root);
         Ok(Self {
             root: root.to_path_buf(),
             next: AtomicU64::new(1),
@@ -54,6 +77,8 @@ impl Cgroups {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let dir = self.root.join(format!("exec-{n}"));
         std::fs::create_dir(&dir)?;
+        // Best effort: without the pids controller the limit is absent.
+        let _ = std::fs::write(dir.join("pids.max"), EXEC_PIDS_MAX.to_string());
         let procs = path_cstring(&dir.join("cgroup.procs"))?;
         Ok(ExecCgroup { dir, procs })
     }

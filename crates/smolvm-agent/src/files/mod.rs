@@ -125,6 +125,12 @@ impl Uploads {
         }
     }
 
+    /// Abandons an upload: closes and removes its temporary file. The host
+    /// gets no reply, since it cancelled the request itself.
+    pub(crate) fn cancel(&mut self, id: RequestId) {
+        self.open.remove(&id);
+    }
+
     /// Handles a `FileChunk`. After a failed write the upload stays listed
     /// as `None`, so its remaining chunks are dropped quietly until
     /// `FileEnd`.

@@ -39,6 +39,10 @@ pub(crate) struct ListArgs {
 pub(crate) struct RmArgs {
     /// Image name, as shown by `smolvm image list`.
     name: String,
+    /// Remove it even when sandboxes boot from it; stopped ones then
+    /// cannot start again.
+    #[arg(long)]
+    force: bool,
 }
 
 pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -105,6 +109,20 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Rm(args) => {
+            if !args.force {
+                let in_use = super::open_engine()?.image_files_in_use()?;
+                let image = images.list()?.into_iter().find(|i| i.name == args.name);
+                let used = image.is_some_and(|i| {
+                    [i.kernel, i.initrd, i.root_disk]
+                        .iter()
+                        .any(|f| in_use.contains(f))
+                });
+                anyhow::ensure!(
+                    !used,
+                    "sandboxes boot from image {}; delete them first, or pass --force",
+                    args.name
+                );
+            }
             images.remove(&args.name)?;
             println!("{}", args.name);
         }

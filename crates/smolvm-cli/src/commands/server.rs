@@ -38,6 +38,10 @@ struct Options {
     /// Largest file upload accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
     max_file_size: u64,
+    /// Directory whose disk images `file://` image references may name;
+    /// repeatable. Without it the API rejects `file://` images.
+    #[arg(long, value_name = "DIR")]
+    image_root: Vec<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -51,6 +55,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         token: options.token,
         cors_origin: options.cors_origin,
         max_file_bytes: options.max_file_size,
+        image_roots: options.image_root,
     };
     smolvm_server::serve(config, open_engine()?).await?;
     Ok(ExitCode::SUCCESS)

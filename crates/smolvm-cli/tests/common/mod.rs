@@ -30,10 +30,13 @@ pub(crate) fn skip_reason() -> Option<String> {
 }
 
 /// Prints a visible skip line and returns true when tests cannot run.
+/// The line goes straight to stderr, past the test harness's capture, so
+/// a skip shows in every run.
 pub(crate) fn skip(test: &str) -> bool {
     match skip_reason() {
         Some(reason) => {
-            eprintln!("skipped: {test}: {reason}");
+            let line = format!("skipped: {test}: {reason}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             true
         }
         None => false,
@@ -52,16 +55,29 @@ pub(crate) fn shared_images_dir() -> PathBuf {
     Paths::from_env().images_dir().to_path_buf()
 }
 
-/// A private data directory for this test process.
+static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// A private data directory for this test process, removed when the
+/// process exits.
 pub(crate) fn data_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        tempfile::Builder::new()
+    DATA_DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
             .prefix("smolvm-e2e")
             .tempdir()
             .unwrap()
+            .keep();
+        // SAFETY: registering a plain `extern "C" fn` has no preconditions.
+        unsafe { libc::atexit(remove_data_dir) };
+        dir
     })
-    .path()
+}
+
+/// Removes the data directory at exit: statics are never dropped, so a
+/// `TempDir` kept in one would leak.
+extern "C" fn remove_data_dir() {
+    if let Some(dir) = DATA_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A `smolvm` command on the test data directory.

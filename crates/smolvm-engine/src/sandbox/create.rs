@@ -68,7 +68,7 @@ impl Engine {
         let mut guard = CreateGuard::new(self.store(), id.clone(), dir.clone());
         std::fs::create_dir_all(dir.root())
             .map_err(|e| EngineError::io(format!("create {}", dir.root().display()), e))?;
-        create_overlay(&image, &dir.disk(), spec.disk_mib).await?;
+        create_overlay(&id, &image, &dir.disk(), spec.disk_mib).await?;
 
         let now = SystemTime::now();
         let record = SandboxRecord {
@@ -258,7 +258,12 @@ pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-async fn create_overlay(image: &BootImage, disk: &Path, disk_mib: u32) -> Result<(), EngineError> {
+async fn create_overlay(
+    id: &SandboxId,
+    image: &BootImage,
+    disk: &Path,
+    disk_mib: u32,
+) -> Result<(), EngineError> {
     let format = match image.root_format {
         DiskFormat::Raw => "raw",
         DiskFormat::Qcow2 => "qcow2",
@@ -276,7 +281,7 @@ async fn create_overlay(image: &BootImage, disk: &Path, disk_mib: u32) -> Result
         })?;
     if !output.status.success() {
         return Err(EngineError::Boot {
-            id: String::new(),
+            id: id.to_string(),
             reason: format!(
                 "qemu-img could not create the disk overlay: {}",
                 String::from_utf8_lossy(&output.stderr).trim()

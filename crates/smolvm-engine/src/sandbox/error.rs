@@ -19,7 +19,7 @@ pub enum EngineError {
     NotFound { id: String },
     #[error(transparent)]
     Invalid(#[from] SpecError),
-    #[error("cannot {action} sandbox {id}: it is {state}{hint}")]
+    #[error("cannot {action} sandbox {id} in state {state}{hint}")]
     WrongState {
         id: String,
         state: SandboxState,

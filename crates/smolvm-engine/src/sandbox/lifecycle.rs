@@ -10,6 +10,9 @@ use crate::state::SandboxState;
 use crate::store::SandboxRecord;
 use crate::supervisor::{LaunchConfig, STOP_GRACE};
 
+/// Sandbox directories younger than this are never pruned as orphans.
+const ORPHAN_DIR_MIN_AGE: Duration = Duration::from_secs(120);
+
 /// How long delete lets the guest power off before killing the VMM.
 const DELETE_GRACE: Duration = Duration::from_secs(3);
 
@@ -108,6 +111,16 @@ impl Engine {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| EngineError::io(format!("read {}", dir.display()), e))?;
         for entry in entries.flatten() {
+            // A create makes the directory just before it records the
+            // sandbox; leave young directories to it.
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if age.is_none_or(|age| age < ORPHAN_DIR_MIN_AGE) {
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let known = match name.parse::<SandboxId>() {
                 Ok(id) => self.store().get(&id)?.is_some(),
@@ -127,6 +140,19 @@ impl Engine {
     /// Removes image files that neither the current images nor any
     /// remaining sandbox use.
     fn prune_images(&self, removed: &mut Vec<String>) -> Result<(), EngineError> {
+        // With a shared images directory, sandboxes of other data
+        // directories may boot from files this one cannot see in use.
+        if !self.paths().images_are_private() {
+            return Ok(());
+        }
+        let in_use = self.image_files_in_use()?;
+        let pruned = self.images().prune(&in_use)?;
+        removed.extend(pruned.into_iter().map(|p| p.display().to_string()));
+        Ok(())
+    }
+
+    /// Lists the image files that this data directory's sandboxes boot from.
+    pub fn image_files_in_use(&self) -> Result<Vec<std::path::PathBuf>, EngineError> {
         let mut in_use = Vec::new();
         for record in self.store().list()? {
             let path = self.sandbox_dir(&record.id).launch_config();
@@ -137,9 +163,7 @@ impl Engine {
                 in_use.extend(launch.image_files);
             }
         }
-        let pruned = self.images().prune(&in_use)?;
-        removed.extend(pruned.into_iter().map(|p| p.display().to_string()));
-        Ok(())
+        Ok(in_use)
     }
 
     /// Asks the supervisor to power the sandbox off, and makes sure the

@@ -57,6 +57,8 @@ pub enum BootError {
         "the agent speaks protocol version {found}, this host speaks {PROTOCOL_VERSION}; rebuild the image with `smolvm image build --force`"
     )]
     VersionMismatch { found: u32 },
+    #[error("the sandbox was deleted or stopped while it booted")]
+    Abandoned,
     #[error("failed to bind the control socket {path}")]
     Bind {
         path: PathBuf,
@@ -118,7 +120,9 @@ pub(super) async fn boot(dir: &SandboxDir) -> Result<Booted, BootError> {
         path: control.clone(),
         source,
     })?;
-    store.set_running(&config.sandbox_id, vmm_pid, boot_ms)?;
+    if !store.set_running(&config.sandbox_id, vmm_pid, boot_ms)? {
+        return Err(BootError::Abandoned);
+    }
 
     let status = status_of(&config, vmm_pid, &hello, boot_ms);
     Ok(Booted {

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::id::SandboxId;
 use crate::layout::SandboxDir;
+use crate::netns::Slirp;
 use crate::state::SandboxState;
 use crate::store::Store;
 
@@ -92,13 +93,13 @@ async fn supervise(dir: SandboxDir, ready: Option<OwnedFd>) -> i32 {
         agent,
         listener,
         status,
-        slirp,
+        mut slirp,
     } = booted;
     report_ready(ready, "ok");
     tracing::info!(sandbox.id = %config.sandbox_id, vm.pid = status.vmm_pid, boot_ms = status.boot_ms, "sandbox running");
 
     let router = Router::start(agent, status);
-    let exit = serve(listener, &router, &mut vmm).await;
+    let exit = serve(listener, &router, &mut vmm, &mut slirp).await;
     drop(slirp);
 
     record_exit(&store, &config.sandbox_id, &exit);
@@ -133,6 +134,7 @@ async fn serve(
     listener: UnixListener,
     router: &Arc<Router>,
     vmm: &mut tokio::process::Child,
+    slirp: &mut Option<Slirp>,
 ) -> Exit {
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<StopRequest>();
     let mut sigterm = signal(SignalKind::terminate()).ok();
@@ -150,6 +152,11 @@ async fn serve(
                 let status = status.unwrap_or_else(|_| failed_status());
                 return Exit::VmmExited(status);
             }
+            status = wait_slirp(slirp) => {
+                // The guest keeps running, but without a way out.
+                tracing::error!(?status, "slirp4netns exited; the sandbox has no network until it is stopped and started");
+                *slirp = None;
+            }
             Some(request) = stop_rx.recv() => {
                 let status = shut_down(router, vmm, request.timeout).await;
                 return Exit::Stopped { status, done: Some(request.done) };
@@ -163,6 +170,13 @@ async fn serve(
                 return Exit::Stopped { status, done: None };
             }
         }
+    }
+}
+
+async fn wait_slirp(slirp: &mut Option<Slirp>) -> Option<ExitStatus> {
+    match slirp {
+        Some(slirp) => slirp.child.wait().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

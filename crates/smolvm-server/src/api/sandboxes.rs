@@ -69,6 +69,37 @@ impl From<CreateSandboxRequest> for CreateRequest {
     }
 }
 
+/// Checks that a `file://` image lies inside one of `roots`, after
+/// resolving symlinks and `..`, and returns the reference to the resolved
+/// path. Other references pass unchanged.
+fn check_image_reference(image: &str, roots: &[std::path::PathBuf]) -> Result<String, ApiError> {
+    let Some(path) = image.strip_prefix("file://") else {
+        return Ok(image.to_owned());
+    };
+    if roots.is_empty() {
+        return Err(ApiError::invalid(
+            "image",
+            "file:// images are disabled on this server; start it with --image-root DIR to allow images under DIR",
+        ));
+    }
+    let resolved = std::fs::canonicalize(path)
+        .map_err(|e| ApiError::invalid("image", format!("cannot open image file {path}: {e}")))?;
+    let allowed = roots
+        .iter()
+        .any(|root| std::fs::canonicalize(root).is_ok_and(|root| resolved.starts_with(root)));
+    if !allowed {
+        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        return Err(ApiError::invalid(
+            "image",
+            format!(
+                "{path} is outside the allowed image directories ({}); move the image there",
+                roots.join(", ")
+            ),
+        ));
+    }
+    Ok(format!("file://{}", resolved.display()))
+}
+
 /// Create, boot, and register a sandbox.
 ///
 /// Returns once the sandbox accepts commands. The first create on a host
@@ -104,7 +135,11 @@ pub(crate) async fn create_sandbox(
         }
     };
 
-    let created = state.engine.create(body.into(), &progress).await;
+    let mut request = CreateRequest::from(body);
+    if let Some(image) = &request.image {
+        request.image = Some(check_image_reference(image, &state.config.image_roots)?);
+    }
+    let created = state.engine.create(request, &progress).await;
     state.events.nudge();
     let sandbox = Sandbox::from(created?);
     state.metrics.observe_create(started.elapsed());

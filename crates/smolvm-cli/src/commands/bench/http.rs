@@ -23,6 +23,7 @@ pub(super) async fn bench_http(
         token: None,
         cors_origin: None,
         max_file_bytes: smolvm_server::DEFAULT_MAX_FILE_BYTES,
+        image_roots: Vec::new(),
     };
     let server = Server::bind(config, engine.clone()).await?;
     let address = server.local_addr().to_string();

@@ -1,9 +1,11 @@
 //! `smolvm sandbox cp`: files between the host and a sandbox.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
+use smolvm_engine::sandbox::FileReader;
 use tokio::io::AsyncWriteExt;
 
 use crate::commands::open_engine;
@@ -45,7 +47,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Location::Host(source), Location::Sandbox { id, path }) => {
             let mut file = tokio::fs::File::open(&source)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", source.display()))?;
+                .with_context(|| format!("cannot open {}", source.display()))?;
+            anyhow::ensure!(
+                file.metadata().await?.is_file(),
+                "{} is not a regular file; smolvm sandbox cp copies one file",
+                source.display()
+            );
             let mode = file.metadata().await?.permissions().mode() & 0o7777;
             let bytes = engine
                 .write_file(&id, &path, mode, args.parents, &mut file)
@@ -53,28 +60,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("copied {bytes} bytes to {id}:{path}");
         }
         (Location::Sandbox { id, path }, Location::Host(destination)) => {
-            let mut reader = engine.read_file(&id, &path).await?;
-            let temp = destination.with_extension("smolvm-partial");
-            let mut file = tokio::fs::File::create(&temp)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", temp.display()))?;
-            let mut copied = 0u64;
-            let result: anyhow::Result<()> = async {
-                while let Some(chunk) = reader.next_chunk().await? {
-                    file.write_all(&chunk).await?;
-                    copied += chunk.len() as u64;
-                }
-                file.flush().await?;
-                Ok(())
-            }
-            .await;
-            if let Err(e) = result {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Err(e);
-            }
-            let mode = std::fs::Permissions::from_mode(reader.mode & 0o7777);
-            tokio::fs::set_permissions(&temp, mode).await?;
-            tokio::fs::rename(&temp, &destination).await?;
+            let destination = resolve_destination(&destination, &path);
+            let reader = engine.read_file(&id, &path).await?;
+            let copied = download(reader, &destination).await?;
             eprintln!("copied {copied} bytes to {}", destination.display());
         }
         _ => anyhow::bail!(
@@ -82,6 +70,61 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns where a download goes: into `destination` under the source's
+/// file name when `destination` is a directory, like cp(1).
+fn resolve_destination(destination: &Path, source: &str) -> PathBuf {
+    let name = source
+        .rsplit('/')
+        .find(|part| !part.is_empty())
+        .unwrap_or("file");
+    if destination.is_dir() || destination.as_os_str().to_string_lossy().ends_with('/') {
+        destination.join(name)
+    } else {
+        destination.to_path_buf()
+    }
+}
+
+/// Writes a sandbox file to `destination` through a temporary file that
+/// is created exclusively, with a random name, in the same directory, so a
+/// planted symlink cannot redirect the write and concurrent downloads do
+/// not share it. The mode is the guest's permission bits (no setuid,
+/// setgid or sticky bit) less the host's umask.
+async fn download(mut reader: FileReader, destination: &Path) -> anyhow::Result<u64> {
+    let directory = match destination.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".smolvm-download-")
+        .tempfile_in(&directory)
+        .with_context(|| format!("cannot create a file in {}", directory.display()))?;
+    let mut file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+
+    let mut copied = 0u64;
+    while let Some(chunk) = reader.next_chunk().await? {
+        file.write_all(&chunk).await?;
+        copied += chunk.len() as u64;
+    }
+    file.flush().await?;
+    file.sync_all().await?;
+
+    let mode = reader.mode & 0o777 & !current_umask();
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))?;
+    temp.persist(destination)
+        .with_context(|| format!("cannot write {}", destination.display()))?;
+    Ok(copied)
+}
+
+/// Returns the process umask. Reading it means setting it, so it is set
+/// straight back; nothing else in this process creates files meanwhile.
+fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the process file mode mask and cannot fail.
+    let mask = unsafe { libc::umask(0o022) };
+    // SAFETY: as above; this restores the original mask.
+    unsafe { libc::umask(mask) };
+    mask as u32
 }
 
 #[cfg(test)]

@@ -253,3 +253,35 @@ fn chunk_for_unknown_upload_fails() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn signal_cancels_upload() {
+    let agent = Agent::start();
+    let mut client = agent.connect();
+    let dir = agent.dir.path().join("cancelled");
+    fs::create_dir(&dir).unwrap();
+    let path = dir.join("file.bin");
+
+    let id = client.next_id();
+    client.send(Message::WriteFile {
+        id,
+        path: path.to_str().unwrap().to_string(),
+        mode: 0o644,
+        create_parents: false,
+    });
+    client.send_data(Message::FileChunk { id }, vec![7; 1000]);
+    client.send(Message::Signal { id, signal: libc::SIGKILL });
+
+    // The agent answers in order, so a reply to this ping means the
+    // signal was handled.
+    let ping = client.next_id();
+    client.send(Message::Ping { id: ping });
+    assert_eq!(client.recv().message, Message::Pong { id: ping });
+
+    let left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "files left after a cancelled upload: {left:?}");
+
+    // The agent still takes uploads into that directory.
+    let reply = write_file(&mut client, path.to_str().unwrap(), 0o644, false, b"ok");
+    assert!(matches!(reply, Message::FileWritten { bytes: 2, .. }), "{reply:?}");
+}

@@ -270,7 +270,10 @@ fn signal_cancels_upload() {
         create_parents: false,
     });
     client.send_data(Message::FileChunk { id }, vec![7; 1000]);
-    client.send(Message::Signal { id, signal: libc::SIGKILL });
+    client.send(Message::Signal {
+        id,
+        signal: libc::SIGKILL,
+    });
 
     // The agent answers in order, so a reply to this ping means the
     // signal was handled.
@@ -278,10 +281,20 @@ fn signal_cancels_upload() {
     client.send(Message::Ping { id: ping });
     assert_eq!(client.recv().message, Message::Pong { id: ping });
 
-    let left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(left.is_empty(), "files left after a cancelled upload: {left:?}");
+    let left: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files left after a cancelled upload: {left:?}"
+    );
 
     // The agent still takes uploads into that directory.
     let reply = write_file(&mut client, path.to_str().unwrap(), 0o644, false, b"ok");
-    assert!(matches!(reply, Message::FileWritten { bytes: 2, .. }), "{reply:?}");
+    assert!(
+        matches!(reply, Message::FileWritten { bytes: 2, .. }),
+        "{reply:?}"
+    );
 }

@@ -57,6 +57,9 @@ async fn measure(address: &str, args: &Args, samples: &mut Samples) -> anyhow::R
         anyhow::ensure!(status == 200, "exec returned HTTP {status}: {text}");
         samples.time("HTTP create to first command", started);
 
+        for _ in 0..super::WARMUP_EXECS {
+            request(address, "POST", &exec_path, Some(exec_body)).await?;
+        }
         for _ in 0..args.execs {
             let started = Instant::now();
             let (status, text) = request(address, "POST", &exec_path, Some(exec_body)).await?;

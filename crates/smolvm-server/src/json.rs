@@ -43,6 +43,15 @@ where
 
 /// Deserializes `bytes` as `T`, naming the field at fault on failure.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde reads a JSON array into a struct field by field; every request
+    // body here is an object with named fields.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::invalid(
+            "body",
+            "the body must be a JSON object, such as {\"command\": \"echo hello\"}",
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
     deserializer
@@ -180,6 +189,15 @@ mod tests {
         ApiJson::<Sample>::from_request(request, &())
             .await
             .map(|ApiJson(v)| v)
+    }
+
+    #[tokio::test]
+    async fn array_body_is_422() {
+        let error = extract(Some("application/json"), r#"["x", {"mode": "open"}]"#)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(error.detail.contains("JSON object"), "{}", error.detail);
     }
 
     #[tokio::test]

@@ -74,12 +74,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     while let Some(event) = stream.next().await? {
         match event {
             ExecEvent::Stdout(bytes) => {
-                stdout.write_all(&bytes)?;
-                stdout.flush()?;
+                if let Err(e) = stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
+                    return broken_pipe_exit(e);
+                }
             }
             ExecEvent::Stderr(bytes) => {
-                stderr.write_all(&bytes)?;
-                stderr.flush()?;
+                if let Err(e) = stderr.write_all(&bytes).and_then(|()| stderr.flush()) {
+                    return broken_pipe_exit(e);
+                }
             }
             ExecEvent::Exited {
                 exit_code: code,
@@ -98,6 +100,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     anyhow::bail!("the sandbox ended the command without an exit status")
+}
+
+/// Ends quietly with 128 + SIGPIPE when the reader of our output went
+/// away (`smolvm sandbox exec ... | head`), like a shell pipeline does;
+/// dropping the stream kills the command in the sandbox.
+fn broken_pipe_exit(error: std::io::Error) -> anyhow::Result<ExitCode> {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(ExitCode::from(128 + libc::SIGPIPE as u8));
+    }
+    Err(error.into())
 }
 
 fn exit_code(code: i32, timed_out: bool) -> ExitCode {

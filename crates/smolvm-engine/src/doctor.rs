@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::accel::{self, ACCEL_ENV, AccelChoice, AccelVerdict};
+use crate::host::{error_chain, is_root};
 use crate::paths::Paths;
 
 const QEMU_SYSTEM: &str = "qemu-system-x86_64";
@@ -316,11 +317,6 @@ fn check_accel(paths: &Paths) -> (Check, AccelVerdict) {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid takes no arguments, touches no memory and always succeeds (POSIX).
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Output of a finished external command.
 #[derive(Debug)]
 struct CommandOutput {
@@ -408,18 +404,6 @@ fn join_reader(reader: Option<JoinHandle<String>>) -> String {
     reader
         .and_then(|handle| handle.join().ok())
         .unwrap_or_default()
-}
-
-/// Joins an error and its sources with ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

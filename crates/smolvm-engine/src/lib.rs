@@ -5,6 +5,7 @@ pub mod accel;
 pub mod client;
 mod codec;
 pub mod doctor;
+pub mod host;
 pub mod id;
 pub mod image;
 pub mod layout;

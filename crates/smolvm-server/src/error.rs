@@ -13,6 +13,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use smolvm_engine::accel::AccelError;
+use smolvm_engine::host::error_chain;
 use smolvm_engine::image::ImageError;
 use smolvm_engine::sandbox::EngineError;
 use smolvm_protocol::FailureKind;
@@ -324,16 +325,10 @@ pub fn error_response(status: StatusCode, code: ErrorCode, body: &impl Serialize
 }
 
 fn log_server_error(error: &ApiError) {
-    let mut chain = error.detail.clone();
-    let mut next = error
-        .cause
-        .as_deref()
-        .map(|cause| cause as &(dyn StdError + 'static));
-    while let Some(cause) = next {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        next = cause.source();
-    }
+    let chain = match error.cause.as_deref() {
+        Some(cause) => format!("{}: {}", error.detail, error_chain(cause)),
+        None => error.detail.clone(),
+    };
     tracing::error!(error.code = error.code.as_str(), error = %chain, "request failed");
 }
 

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::error_chain;
 use crate::paths::Paths;
 
 mod probe;
@@ -450,18 +451,6 @@ fn format_millis(duration: Duration) -> String {
 
 fn as_millis_f64(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// Joins an error and its sources with ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

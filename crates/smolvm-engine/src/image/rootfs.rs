@@ -8,8 +8,9 @@ use std::path::Path;
 
 use super::ImageError;
 use super::fingerprint::Fingerprint;
-use super::host::{DEBOOTSTRAP, MKFS_EXT4, is_root};
+use super::host::{DEBOOTSTRAP, MKFS_EXT4};
 use super::mirror::debian_mirror;
+use crate::host::is_root;
 
 /// Debian release of the default image.
 pub(crate) const SUITE: &str = "bookworm";

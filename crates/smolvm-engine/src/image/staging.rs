@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn stale_staging_mount_detached() {
-        if !crate::image::host::is_root() {
+        if !crate::host::is_root() {
             println!("skipped stale_staging_mount_detached: needs root to mount a tmpfs");
             return;
         }

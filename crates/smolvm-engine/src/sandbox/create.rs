@@ -3,7 +3,7 @@
 //! supervisor. Anything created is removed again if a later step fails.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +11,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::{Engine, EngineError, SandboxInfo};
 use crate::accel::{self, AccelChoice};
+use crate::host::{find_program, is_root};
 use crate::id::SandboxId;
 use crate::image::{BootImage, BuildOptions, BuildProgress, DiskFormat, locate_agent_binary};
 use crate::layout::SandboxDir;
@@ -238,8 +239,7 @@ fn check_host(spec: &SandboxSpec) -> Result<(), EngineError> {
                 fix: "install it with scripts/install-deps.sh, or create the sandbox with network off".into(),
             });
         }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !is_root() {
             return Err(EngineError::HostUnavailable {
                 what: "network open runs the VMM in its own network namespace, which needs root"
                     .into(),
@@ -248,14 +248,6 @@ fn check_host(spec: &SandboxSpec) -> Result<(), EngineError> {
         }
     }
     Ok(())
-}
-
-/// Finds `name` in the directories of `PATH`.
-pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 async fn create_overlay(

@@ -1,6 +1,6 @@
 //! The supervisor: one long-lived host process per running sandbox.
 //!
-//! It spawns and reaps the VMM (and slirp4netns), holds the single agent
+//! It spawns and reaps the VMM (and slirp4netns), keeps the single agent
 //! connection that QEMU's virtio-serial socket allows, serves any number of
 //! local clients on `ctl.sock` by routing their requests to the agent, and
 //! records in the store what happened to the sandbox when the VMM exits.
@@ -22,6 +22,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::host::error_chain;
 use crate::id::SandboxId;
 use crate::layout::SandboxDir;
 use crate::netns::Slirp;
@@ -241,18 +242,6 @@ fn report_ready(ready: Option<OwnedFd>, line: &str) {
         let mut file = std::fs::File::from(fd);
         let _ = writeln!(file, "{line}");
     }
-}
-
-/// Formats an error with its sources, for logs and the ready line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Current status, as returned to `Status` requests.

@@ -21,7 +21,7 @@ pub const TIMEOUT_SECS_MAX: u64 = 3600;
 pub const TIMEOUT_SECS_DEFAULT: u64 = 30;
 
 /// Buffered exec output kept per stream; more is dropped and the result
-/// says `stdout_truncated`/`stderr_truncated`. Streaming execs have no cap.
+/// sets `stdout_truncated`/`stderr_truncated`. Streaming execs have no cap.
 pub const EXEC_OUTPUT_CAP_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long a sandbox may take from spawning the VMM to a ready agent.

@@ -67,9 +67,9 @@ pub fn isolate_network(command: &mut Command, resolv_conf: Option<&Path>) {
     });
     let target = c"/etc/resolv.conf";
 
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe syscalls (unshare, mount) on C strings built
-    // before the fork; it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec. It calls
+    // only the async-signal-safe syscalls unshare and mount, on C strings
+    // built before the fork, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
             if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {

@@ -1,7 +1,7 @@
 //! Where smolvm keeps its files on the host.
 //!
 //! The data directory is `$SMOLVM_DATA_DIR`, else `$XDG_STATE_HOME/smolvm`,
-//! else `~/.local/state/smolvm`. It holds `smolvm.db`, `images/` (unless
+//! else `~/.local/state/smolvm`. It contains `smolvm.db`, `images/` (unless
 //! `$SMOLVM_IMAGES_DIR` points elsewhere) and `sandboxes/<id>/`.
 
 use std::path::{Path, PathBuf};

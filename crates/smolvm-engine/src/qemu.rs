@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::accel::Accel;
 
-/// Name of the virtio-serial port the agent serves on, as the guest sees it
+/// Name of the virtio-serial port the agent serves on, as it appears in the guest
 /// under `/sys/class/virtio-ports/*/name`.
 pub const AGENT_PORT_NAME: &str = "org.smolvm.agent";
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub enum SandboxState {
     /// The VMM is booting; commands cannot run yet.
     Creating,
-    /// The agent answered; commands can run.
+    /// The agent replied; commands can run.
     Running,
     /// A stop was requested and the VMM is shutting down.
     Stopping,

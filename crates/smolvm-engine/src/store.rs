@@ -34,7 +34,7 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
 ];
 
-/// How long opening the database retries while another process holds it.
+/// How long opening the database retries while another process has it locked.
 const OPEN_RETRY_LIMIT: Duration = Duration::from_secs(10);
 
 fn is_busy(error: &rusqlite::Error) -> bool {

@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 /// carries another major version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Identifier of one request and the stream of frames that answers it.
+/// Identifier of one request and the stream of frames that replies to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RequestId(pub u64);
 
-/// Which output stream a chunk of exec output came from.
+/// The output stream a chunk of exec output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
@@ -28,7 +28,7 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// What to run.
+/// The command to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum ExecCommand {
@@ -61,7 +61,7 @@ pub struct ExecRequest {
     pub window: u64,
 }
 
-/// Why a request failed, as a stable machine-readable kind.
+/// The reason a request failed, as a stable machine-readable kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
@@ -74,7 +74,7 @@ pub enum FailureKind {
     InvalidRequest,
     /// The request id is unknown or already finished.
     UnknownRequest,
-    /// Any other failure inside the guest; the message says what.
+    /// Any other failure inside the guest; the message describes it.
     Internal,
 }
 
@@ -289,7 +289,7 @@ impl Message {
         self
     }
 
-    /// Returns true for the last frame of a request's answer.
+    /// Returns true for the last frame of a request's reply.
     pub fn is_final(&self) -> bool {
         matches!(
             self,

@@ -275,7 +275,7 @@ fn signal_cancels_upload() {
         signal: libc::SIGKILL,
     });
 
-    // The agent answers in order, so a reply to this ping means the
+    // The agent replies in order, so a reply to this ping means the
     // signal was handled.
     let ping = client.next_id();
     client.send(Message::Ping { id: ping });

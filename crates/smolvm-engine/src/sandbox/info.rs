@@ -28,7 +28,7 @@ pub struct SandboxInfo {
     pub created_at: String,
     /// Milliseconds from spawning the VMM to a ready agent, last boot.
     pub boot_ms: Option<u64>,
-    /// Why the sandbox is in `error`.
+    /// The reason the sandbox is in `error`.
     pub error: Option<String>,
 }
 

@@ -395,7 +395,7 @@ mod tests {
         let (first_id, second_id) = (first.message.id().unwrap(), second.message.id().unwrap());
         assert_ne!(first_id, second_id, "host-wide ids must differ");
 
-        // Answer b's request first; each reply must reach only its client,
+        // Reply to b's request first; each reply must reach only its client,
         // carrying that client's own id.
         let exited = |id| Message::Exited {
             id,
@@ -482,7 +482,7 @@ mod tests {
         write_frame(&mut client, &credit).await.unwrap();
         write_frame(&mut client, &exec(1)).await.unwrap();
 
-        // The first frame the agent sees is the exec, not the stray credit.
+        // The first frame the agent receives is the exec, not the stray credit.
         let first = recv(&mut harness.agent).await;
         assert!(matches!(first.message, Message::Exec { .. }), "{first:?}");
     }
